@@ -1,0 +1,50 @@
+"""kiln: the cluster is the API.
+
+One call sends plain data to a named node of a Ray cluster; the node's agent does the work on
+its GPU (NUTS chains, text embeddings, a function written in a notebook) and plain data comes
+back. ``kiln.connect()`` with no address runs the same code on a local, embedded Ray.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from kiln import errors
+from kiln.cluster import Cluster, connect, current, shutdown
+
+__version__ = "0.1.0"
+
+# Heavy capabilities load on first use, so `import kiln` stays fast and imports no jax/torch.
+_LAZY = {
+    "dispatch": ("kiln.dispatch", "dispatch"),
+    "combine": ("kiln.dispatch", "combine"),
+    "DispatchResult": ("kiln.dispatch", "DispatchResult"),
+    "sample": ("kiln.bayes.sample", "sample"),
+    "embed": ("kiln.embed.api", "embed"),
+    "call": ("kiln.code.call", "call"),
+    "map": ("kiln.code.call", "map"),
+    "remote": ("kiln.code.call", "remote"),
+    "inspect": ("kiln.code.introspect", "inspect"),
+    "remote_module": ("kiln.code.introspect", "remote_module"),
+    "load_ipython_extension": ("kiln.code.ipython", "load_ipython_extension"),
+}
+
+__all__ = [
+    "Cluster", "DispatchResult", "__version__", "call", "combine", "connect", "current",
+    "dispatch", "embed", "errors", "inspect", "load_ipython_extension", "map", "remote",
+    "remote_module", "sample", "shutdown",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kiln' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
