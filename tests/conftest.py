@@ -62,9 +62,9 @@ _slot = _Slot()
 
 
 def _start_three_nodes() -> ThreeNodes:
-    import kiln
     from ray.cluster_utils import Cluster
 
+    import kiln
     from kiln.cluster import NODE_RESOURCE
 
     rc = Cluster(initialize_head=True, head_node_args={

@@ -17,9 +17,9 @@ __version__ = "0.1.0"
 
 # Heavy capabilities load on first use, so `import kiln` stays fast and imports no jax/torch.
 _LAZY = {
-    "dispatch": ("kiln.dispatch", "dispatch"),
-    "combine": ("kiln.dispatch", "combine"),
-    "DispatchResult": ("kiln.dispatch", "DispatchResult"),
+    "dispatch": ("kiln._dispatch", "dispatch"),
+    "combine": ("kiln._dispatch", "combine"),
+    "DispatchResult": ("kiln._dispatch", "DispatchResult"),
     "sample": ("kiln.bayes.sample", "sample"),
     "embed": ("kiln.embed.api", "embed"),
     "call": ("kiln.code.call", "call"),

@@ -22,6 +22,8 @@ Address = Annotated[str | None, typer.Option(
     "--address", envvar="KILN_ADDRESS",
     help="HOST:PORT of a running cluster; none starts the embedded default")]
 JsonOut = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="print the ray command instead of running it")]
+Block = Annotated[bool, typer.Option("--block", help="stay in the foreground; stopping kiln stops the node")]
 
 SEED_000_SPEC = {"dist": "normal", "mu": 0.0, "sigma": 1.0}
 SEED_001_OBS = [2.1, 2.5, 1.8, 2.3, 2.7, 1.9, 2.4, 2.2, 2.6, 2.0]
@@ -123,26 +125,26 @@ def _print_demo(out: dict[str, Any]) -> None:
 def up(host: Annotated[str, typer.Option(help="address to bind; 127.0.0.1 keeps it on this machine")] = "127.0.0.1",
        port: Annotated[int, typer.Option(help="the head's GCS port")] = 6379,
        name: Annotated[str | None, typer.Option(help="this node's kiln name (default: the host's)")] = None,
-       dry_run: Annotated[bool, typer.Option("--dry-run", help="print the command only")] = False) -> None:
+       block: Block = False, dry_run: DryRun = False) -> None:
     """Start a Ray head node named for kiln and print the join command."""
     from kiln.cluster import NODE_RESOURCE, default_node_name
 
     node = name or default_node_name()
     cmd = [_ray_bin(), "start", "--head", f"--node-ip-address={host}", f"--port={port}",
            "--include-dashboard=false", f"--resources={json.dumps({NODE_RESOURCE + node: 1})}"]
-    _run(cmd, dry_run)
     console.print(f"kiln head [bold]{node}[/] at {host}:{port}. On each other machine:\n"
                   f"  kiln join {host}:{port} --name gpu2\n"
                   "Token authentication stays on: copy this head's token (`ray get-auth-token`) into "
                   "RAY_AUTH_TOKEN on the joining machines. From a notebook: "
                   f"kiln.connect(\"{host}:{port}\").")
+    _run(cmd, dry_run, block)
 
 
 @app.command()
 def join(address: Annotated[str, typer.Argument(help="HEAD_HOST:PORT")],
          name: Annotated[str, typer.Option(help="this node's kiln name, e.g. gpu2")],
          num_gpus: Annotated[int | None, typer.Option(help="GPUs to offer (default: all)")] = None,
-         dry_run: Annotated[bool, typer.Option("--dry-run", help="print the command only")] = False) -> None:
+         block: Block = False, dry_run: DryRun = False) -> None:
     """Start a Ray worker node carrying a kiln name and join it to a head."""
     from kiln.cluster import NODE_RESOURCE
 
@@ -152,20 +154,24 @@ def join(address: Annotated[str, typer.Argument(help="HEAD_HOST:PORT")],
            f"--resources={json.dumps({NODE_RESOURCE + name: 1})}"]
     if num_gpus is not None:
         cmd.append(f"--num-gpus={num_gpus}")
-    _run(cmd, dry_run)
-    console.print(f"node [bold]{name}[/] joined {address}")
+    console.print(f"node [bold]{name}[/] joining {address}")
+    _run(cmd, dry_run, block)
 
 
 @app.command()
-def down(dry_run: Annotated[bool, typer.Option("--dry-run", help="print the command only")] = False) -> None:
+def down(dry_run: DryRun = False) -> None:
     """Stop the Ray processes that `kiln up` / `kiln join` started on this machine."""
     _run([_ray_bin(), "stop"], dry_run)
 
 
-def _run(cmd: list[str], dry_run: bool) -> None:
+def _run(cmd: list[str], dry_run: bool, block: bool = False) -> None:
     if dry_run:
-        print(" ".join(cmd))
+        print(" ".join(cmd + (["--block"] if block else [])))
         return
+    if block:
+        # Become `ray start --block`: stopping this process (Ctrl-C, SIGTERM) stops the node.
+        sys.stdout.flush()
+        os.execv(cmd[0], cmd + ["--block"])
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
     if proc.returncode != 0:
         _fail(f"{' '.join(cmd[:3])} failed:\n{proc.stderr.strip() or proc.stdout.strip()}",
