@@ -1,0 +1,123 @@
+"""``kiln.embed``: texts in, a numpy array out, encoded on the cluster's agents.
+
+The texts are split by the routing strategy (``kiln.serve.routing``), sent to agents in
+parallel, and put back in input order. An agent that dies or runs past ``timeout`` gives its
+texts to the next agent in the strategy's order (at most ``retries`` times); errors in the
+request itself (bad texts, a model that is not on the node) are raised at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from kiln import cluster as _cluster
+from kiln.errors import (
+    AgentLostError,
+    BoundaryError,
+    EmbedError,
+    EmbedInputError,
+    NoAgentsError,
+    SpecError,
+)
+from kiln.serve.routing import Router, make_router, plan
+
+_FATAL = (EmbedError, BoundaryError, SpecError)
+_routers: dict[str, Router] = {}
+_routers_lock = threading.Lock()
+
+
+def is_retryable(err: BaseException) -> bool:
+    """Whether another agent might succeed where this one failed (not a bad request)."""
+    return isinstance(err, Exception) and not isinstance(err, _FATAL)
+
+
+def check_texts(texts: Any, field: str = "texts") -> list[str]:
+    """``texts`` as a list of strings; ``EmbedInputError`` naming the bad item otherwise."""
+    if isinstance(texts, str):
+        return [texts]
+    if not isinstance(texts, Sequence) and not isinstance(texts, np.ndarray):
+        raise EmbedInputError(f"{field}: expected a string or a list of strings, "
+                              f"got {type(texts).__name__}")
+    out = list(texts)
+    for i, text in enumerate(out):
+        if not isinstance(text, str):
+            raise EmbedInputError(f"{field}[{i}]: expected a string, got {type(text).__name__}")
+    return out
+
+
+def router_for(strategy: str | None) -> Router:
+    """This process's router for ``strategy`` (kept, so round-robin keeps turning)."""
+    name = strategy or "round_robin"
+    with _routers_lock:
+        if name not in _routers:
+            _routers[name] = make_router(name)
+        return _routers[name]
+
+
+def embed(texts: str | Sequence[str], model: str = "default", strategy: str | None = None, *,
+          on: str | Sequence[str] | None = None, timeout: float = 120.0, retries: int = 2,
+          chunk: int = 512, cache: bool = True) -> np.ndarray:
+    """Embed ``texts`` on the cluster; float32 array ``(len(texts), dim)`` in input order.
+
+    ``strategy``: ``round_robin`` (default), ``least_loaded`` or ``consistent_hash`` (each text
+    to the agent that owns it, for cache locality). ``on`` limits the agents to those nodes.
+    Requests longer than ``chunk`` texts are split and encoded on several agents at once.
+    """
+    items = check_texts(texts)
+    router = router_for(strategy)
+    c = _cluster.current()
+    agents = c.agents(on)
+    if not agents:
+        raise NoAgentsError("kiln.embed: no ready agent in the cluster (Cluster.status() says why)")
+    groups = plan(items, agents, router, chunk) or [([], router.order(agents))]
+    results: list[dict[str, Any] | None] = [None] * len(groups)
+    tries = [0] * len(groups)
+    inflight: dict[Any, tuple[int, Any, float]] = {}  # call -> (group, agent, deadline)
+    failed: set[str] = set()
+
+    def send(g: int) -> None:
+        indices, order = groups[g]
+        agent = next((a for a in order if a.name not in failed), order[tries[g] % len(order)])
+        tries[g] += 1
+        router.started(agent)
+        call = agent.submit("embed", "encode", {"texts": [items[i] for i in indices],
+                                                "model": model, "cache": cache})
+        inflight[call] = (g, agent, time.monotonic() + timeout)
+
+    for g in range(len(groups)):
+        send(g)
+    while inflight:
+        now = time.monotonic()
+        nearest = min(d for _, _, d in inflight.values())
+        done, _ = _cluster.wait(list(inflight), timeout=max(0.0, nearest - now))
+        expired = [c_ for c_, (_, _, d) in inflight.items() if d <= time.monotonic() and c_ not in done]
+        for call in done + expired:
+            g, agent, _ = inflight.pop(call)
+            router.finished(agent)
+            try:
+                results[g] = call.result(timeout=0 if call in expired else None)
+                continue
+            except BaseException as err:
+                if not is_retryable(err) or tries[g] > retries:
+                    for other in inflight:
+                        other.cancel()
+                    raise
+                failed.add(agent.name)
+                if isinstance(err, AgentLostError):
+                    c.mark_lost(agent)
+            send(g)
+    return _assemble(len(items), groups, results)
+
+
+def _assemble(n: int, groups: list, results: list) -> np.ndarray:
+    dim = next(r["embeddings"].shape[1] for r in results if r is not None)
+    out = np.empty((n, dim), dtype=np.float32)
+    for (indices, _), result in zip(groups, results, strict=True):
+        if indices:
+            out[indices] = result["embeddings"]
+    return out

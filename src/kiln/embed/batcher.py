@@ -1,0 +1,144 @@
+"""Dynamic batching: encode requests that arrive together run as one forward pass.
+
+Several ``encode`` ops run at once in the agent's thread pool. Each puts its texts on a queue
+and then takes the device lock; whoever holds the lock drains the queue, oldest first, into
+one batch of at most ``token_budget`` padded tokens (texts x longest text) and runs it. Requests
+that arrived while a batch was running are merged into the next one, so under load the device
+sees few large batches instead of many small ones, and an idle agent adds no wait at all
+(``max_wait_s`` can trade a little latency for bigger batches on a GPU).
+
+No thread of its own: the callers' threads take turns doing the work ("flat combining").
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from kiln.embed.models import Encoder
+
+
+class Encoded(NamedTuple):
+    """The result for one request, in its input order."""
+
+    vectors: np.ndarray      # float32 (n, dim)
+    tokens: list[int]        # tokens per text after truncation
+    truncated: list[bool]    # whether each text was cut at the model's max length
+
+
+@dataclass
+class _Item:
+    encoder: Encoder
+    texts: list[str]
+    lengths: list[int]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: np.ndarray | None = None
+    error: BaseException | None = None
+
+
+class Batcher:
+    """Merges concurrent ``encode`` calls for one device; see the module docstring."""
+
+    def __init__(self, token_budget: int = 16_384, max_wait_s: float = 0.0) -> None:
+        if token_budget < 1:
+            raise ValueError("token_budget must be >= 1")
+        self.token_budget = token_budget
+        self.max_wait_s = max_wait_s
+        self._queue: deque[_Item] = deque()
+        self._queue_lock = threading.Lock()
+        self._device = threading.Lock()
+        self.batches = 0            # forward passes run
+        self.requests = 0           # requests served
+        self.merged_batches = 0     # batches that served more than one request
+        self.max_requests_per_batch = 0
+        self.texts = 0
+        self.truncated = 0
+
+    def encode(self, encoder: Encoder, texts: list[str]) -> Encoded:
+        """Encode ``texts`` with ``encoder``, batched with whatever else is waiting."""
+        if not texts:
+            return Encoded(np.zeros((0, encoder.dim), np.float32), [], [])
+        raw = encoder.lengths(texts)  # tokenised in the caller's thread, outside the device lock
+        item = _Item(encoder, list(texts), [min(n, encoder.max_length) for n in raw])
+        with self._queue_lock:
+            self._queue.append(item)
+        while not item.done.is_set():
+            with self._device:
+                if item.done.is_set():
+                    break
+                self._run(self._take())
+        if item.error is not None:
+            raise item.error
+        cut = [n > encoder.max_length for n in raw]
+        with self._queue_lock:
+            self.truncated += sum(cut)
+        return Encoded(item.result, item.lengths, cut)
+
+    def depth(self) -> int:
+        """Requests waiting for the device."""
+        return len(self._queue)
+
+    def stats(self) -> dict[str, float]:
+        return {"batches": self.batches, "requests": self.requests,
+                "merged_batches": self.merged_batches,
+                "max_requests_per_batch": self.max_requests_per_batch,
+                "texts": self.texts, "truncated": self.truncated, "waiting": self.depth(),
+                "token_budget": self.token_budget}
+
+    # -- inside the device lock ------------------------------------------------------------
+    def _take(self) -> list[_Item]:
+        batch = self._take_fitting([])
+        if self.max_wait_s > 0 and batch and self._cost(batch) < self.token_budget:
+            time.sleep(self.max_wait_s)
+            batch = self._take_fitting(batch)
+        return batch
+
+    def _take_fitting(self, batch: list[_Item]) -> list[_Item]:
+        with self._queue_lock:
+            keep: deque[_Item] = deque()
+            while self._queue:
+                item = self._queue.popleft()
+                if not batch:
+                    batch.append(item)  # the oldest always runs, even when alone it is over budget
+                elif item.encoder is batch[0].encoder and self._cost(batch + [item]) <= self.token_budget:
+                    batch.append(item)
+                else:
+                    keep.append(item)
+            self._queue.extendleft(reversed(keep))
+        return batch
+
+    @staticmethod
+    def _cost(batch: list[_Item]) -> int:
+        n = sum(len(i.texts) for i in batch)
+        longest = max((max(i.lengths) for i in batch), default=0)
+        return n * max(longest, 1)
+
+    def _run(self, batch: list[_Item]) -> None:
+        if not batch:
+            return
+        encoder = batch[0].encoder
+        texts = [t for item in batch for t in item.texts]
+        longest = max(max(i.lengths) for i in batch)
+        try:
+            vectors = encoder.encode(texts, batch_size=max(1, self.token_budget // max(longest, 1)))
+        except BaseException as err:
+            for item in batch:
+                item.error = err
+                item.done.set()
+            return
+        start = 0
+        for item in batch:
+            item.result = vectors[start:start + len(item.texts)]
+            start += len(item.texts)
+        self.batches += 1
+        self.requests += len(batch)
+        self.merged_batches += len(batch) > 1
+        self.max_requests_per_batch = max(self.max_requests_per_batch, len(batch))
+        self.texts += len(texts)
+        for item in batch:
+            item.done.set()

