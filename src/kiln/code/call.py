@@ -1,0 +1,337 @@
+"""Run notebook code on the cluster's nodes: ``call``, ``map`` and the ``remote`` decorator.
+
+Every path here goes through the cluster seam (``kiln.cluster``): agents are found with
+``Cluster.agents``, and work is sent with ``AgentHandle.invoke/submit`` to the ``code``
+capability (``kiln.code.worker``). Code ships once per agent (see ``pickling.Ledger``);
+arguments cross ``kiln.boundary`` before anything is sent.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from kiln import cluster as _cluster
+from kiln.code.pickling import CodeBlob, ledger, pack_call, pack_code, pack_item, unpack
+from kiln.errors import AgentLostError, BoundaryError, KilnError, NoAgentsError, RemoteError
+
+Nodes = str | Sequence[str] | None
+
+# Calls in flight per agent during a map: one running, one queued behind it, so an agent
+# never idles waiting for the driver.
+_PER_AGENT = 2
+# Chunks per agent when the caller gives no chunksize: small enough to balance load and to
+# lose little work with a node, large enough to amortise a round trip.
+_CHUNKS_PER_AGENT = 4
+
+_round_robin = itertools.count()
+
+
+def call(node: str | None, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn(*args, **kwargs)`` on an agent of ``node`` and return its result.
+
+    ``node`` is a node name (``"gpu1"``), a node and device (``"gpu1/cuda:1"``), or None for
+    any ready agent. ``fn`` may be defined in the notebook: it ships by value. An exception
+    raised remotely is re-raised here as the same type, with ``err.node`` and
+    ``err.remote_traceback`` (``kiln.errors.RemoteError`` when the type cannot be rebuilt).
+    """
+    return _call(node, fn, args, kwargs, timeout=None)
+
+
+def _call(node: str | None, fn: Callable, args: tuple, kwargs: dict,
+          timeout: float | None) -> Any:
+    blob = pack_code(fn)
+    packed = pack_call(args, kwargs)  # BoundaryError here: nothing has been sent
+    c = _cluster.current()
+    handles = agents_for(c, node)
+    h = handles[next(_round_robin) % len(handles)]
+    for _ in range(2):
+        try:
+            response = h.invoke("code", "run", _payload(h, blob, [packed]), timeout=timeout)
+        except AgentLostError:
+            c.mark_lost(h)
+            ledger.forget(h)
+            raise
+        if "missing" in response:  # the agent restarted since we shipped: ship again
+            ledger.forget(h, blob.digest)
+            continue
+        if "error" in response:
+            raise_remote(response["error"], h, index=None)
+        return _unpack_result(response["results"][0], h)
+    raise KilnError(f"agent {h.name} did not keep the code for {blob.name}; "
+                    "it may be restarting: try again")
+
+
+def map(fn: Callable, items: Iterable[Any], nodes: Nodes = "all", ordered: bool = True, *,
+        chunksize: int | None = None, star: bool | None = None,
+        progress: bool = False) -> list[Any]:
+    """Run ``fn`` over ``items`` spread across the ready agents of ``nodes``; return the results.
+
+    Each item is one call: a tuple item is spread as positional arguments (``fn(*item)``),
+    anything else is passed as one argument; ``star=True/False`` forces either. Items are sent
+    in chunks (``chunksize``, default about four chunks per agent), each agent keeping two in
+    flight. Nodes that joined since the last call are picked up (``Cluster.refresh``). When an
+    agent or its node is lost, its unfinished chunks re-run on the other agents: every item
+    has exactly one result. ``ordered=False`` returns results in completion order.
+    The first item that raises stops the map and re-raises, naming the item.
+    ``progress=True`` prints a one-line text bar (items done per node) to stderr.
+    """
+    items = list(items)
+    blob = pack_code(fn)
+    packed = [pack_item(item, i, isinstance(item, tuple) if star is None else star)
+              for i, item in enumerate(items)]
+    if not items:
+        return []
+    c = _cluster.current()
+    c.refresh()
+    handles = agents_for(c, nodes)
+    size = chunksize or max(1, math.ceil(len(items) / (len(handles) * _CHUNKS_PER_AGENT)))
+    chunks = [range(s, min(s + size, len(items))) for s in range(0, len(items), size)]
+    _install(c, handles, blob)
+    live = [h for h in handles if ledger.holds(h, blob.digest)]
+    bar = _Progress(blob.name, len(items)) if progress else None
+    try:
+        return _Scheduler(c, nodes, blob, packed, chunks, live, bar).run(ordered)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+class _Scheduler:
+    """Hands chunks to agents as they free up; re-queues the chunks of a lost agent."""
+
+    def __init__(self, c: Any, nodes: Nodes, blob: CodeBlob, packed: list[dict],
+                 chunks: list[range], handles: list[Any], bar: _Progress | None) -> None:
+        self.c, self.nodes, self.blob, self.packed, self.bar = c, nodes, blob, packed, bar
+        self.chunks = chunks
+        self.live = list(handles)
+        self.queue = deque(range(len(chunks)))
+        self.inflight: dict[Any, tuple[Any, int]] = {}
+        self.load: dict[str, int] = {h.name: 0 for h in self.live}
+        self.results: dict[int, list[Any]] = {}
+        self.order: list[int] = []
+
+    def run(self, ordered: bool) -> list[Any]:
+        try:
+            while self.queue or self.inflight:
+                self._fill()
+                done, _ = _cluster.wait(list(self.inflight), num_returns=1)
+                for pending in done:
+                    self._collect(pending)
+        finally:
+            for pending in self.inflight:
+                pending.cancel()
+        keys = range(len(self.chunks)) if ordered else self.order
+        return [value for k in keys for value in self.results[k]]
+
+    def _fill(self) -> None:
+        if not self.live and not self.inflight:
+            self._recover()
+        for h in itertools.cycle(list(self.live)):
+            if not self.queue or all(self.load[x.name] >= _PER_AGENT for x in self.live):
+                return
+            if self.load[h.name] < _PER_AGENT:
+                k = self.queue.popleft()
+                calls = [self.packed[i] for i in self.chunks[k]]
+                self.inflight[h.submit("code", "run", _payload(h, self.blob, calls))] = (h, k)
+                self.load[h.name] += 1
+
+    def _recover(self) -> None:
+        # every agent we had is gone: look again for the nodes' agents before giving up
+        self.c.refresh()
+        try:
+            found = agents_for(self.c, self.nodes)
+        except KilnError as err:  # NoAgentsError, or UnknownNodeError once the node left
+            raise NoAgentsError(f"map lost every agent with {len(self.queue)} chunk(s) left "
+                                f"and found no other: {err}") from err
+        self.live = found
+        for h in found:
+            self.load.setdefault(h.name, 0)
+
+    def _collect(self, pending: Any) -> None:
+        h, k = self.inflight.pop(pending)
+        self.load[h.name] -= 1
+        try:
+            response = pending.result()
+        except AgentLostError:
+            self.c.mark_lost(h)
+            ledger.forget(h)
+            self.live = [x for x in self.live if x.name != h.name]
+            self.queue.appendleft(k)
+            return
+        if "missing" in response:
+            ledger.forget(h, self.blob.digest)
+            self.queue.appendleft(k)
+            return
+        if "error" in response:
+            index = None if response["index"] is None else self.chunks[k][response["index"]]
+            raise_remote(response["error"], h, index=index)
+        self.results[k] = [_unpack_result(r, h) for r in response["results"]]
+        self.order.append(k)
+        if self.bar is not None:
+            self.bar.advance(h.node, len(self.chunks[k]))
+
+
+class _Progress:
+    """A one-line text bar on stderr: plain text works in terminals and notebooks alike."""
+
+    def __init__(self, name: str, total: int) -> None:
+        self.name, self.total, self.done = name, total, 0
+        self.by_node: dict[str, int] = {}
+
+    def advance(self, node: str, n: int) -> None:
+        self.done += n
+        self.by_node[node] = self.by_node.get(node, 0) + n
+        width = 24
+        filled = width * self.done // max(self.total, 1)
+        nodes = ", ".join(f"{k}: {v}" for k, v in sorted(self.by_node.items()))
+        sys.stderr.write(f"\r{self.name} [{'#' * filled}{'.' * (width - filled)}] "
+                         f"{self.done}/{self.total} ({nodes})")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.done:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def remote(fn: Callable | None = None, *, node: str | None = None,
+           timeout: float | None = None) -> Any:
+    """Decorator: calling the function runs it on ``node`` (any ready agent when None).
+
+    ``f.on("gpu2")(...)`` runs it elsewhere, ``f.map(items)`` spreads it, ``f.local(...)``
+    runs it here.
+    """
+    def wrap(f: Callable) -> RemoteFunction:
+        return RemoteFunction(f, node=node, timeout=timeout)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+class RemoteFunction:
+    """A function bound to a node; see :func:`remote`."""
+
+    def __init__(self, fn: Callable, *, node: str | None, timeout: float | None) -> None:
+        self.fn = fn
+        self.node = node
+        self.timeout = timeout
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _call(self.node, self.fn, args, kwargs, timeout=self.timeout)
+
+    def on(self, node: str | None) -> RemoteFunction:
+        return RemoteFunction(self.fn, node=node, timeout=self.timeout)
+
+    def map(self, items: Iterable[Any], nodes: Nodes = None, **options: Any) -> list[Any]:
+        return map(self.fn, items, nodes=nodes or self.node or "all", **options)
+
+    def local(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<kiln.remote {getattr(self.fn, '__qualname__', self.fn)!r} on {self.node or 'any node'}>"
+
+
+# --- helpers shared with introspection -----------------------------------------------------------
+
+
+def agents_for(c: Any, nodes: Nodes) -> list[Any]:
+    """Ready agents for ``nodes``: None / "all", a node, "node/device", or a list of those.
+
+    Raises ``UnknownNodeError`` (from the cluster) for a name it does not know, and
+    ``NoAgentsError`` when the nodes are known but no agent of theirs is ready.
+    """
+    if nodes is None or nodes == "all":
+        found = list(c.agents())
+        if not found:
+            raise NoAgentsError("no ready agent in the cluster; kiln doctor shows why")
+        return found
+    specs = [nodes] if isinstance(nodes, str) else list(nodes)
+    found = []
+    for spec in specs:
+        node, _, device = spec.partition("/")
+        on_node = list(c.agents(on=node))
+        matching = [h for h in on_node if not device or h.device == device]
+        if not matching:
+            raise NoAgentsError(_no_agent_reason(c, node, device, on_node))
+        names = {h.name for h in found}
+        found += [h for h in matching if h.name not in names]
+    return found
+
+
+def _no_agent_reason(c: Any, node: str, device: str, on_node: list[Any]) -> str:
+    if device and on_node:
+        return (f"node {node} has no ready agent on device {device}; its agents: "
+                + ", ".join(f"{h.node}/{h.device}" for h in on_node))
+    for n in c.nodes():
+        if n.name == node:
+            return (f"node {node} has no ready agent (state {n.state}"
+                    + (f": {n.reason}" if getattr(n, "reason", None) else "") + ")")
+    return f"node {node} has no ready agent"
+
+
+def _payload(h: Any, blob: CodeBlob, calls: list[dict]) -> dict:
+    payload = {"code": blob.digest, "name": blob.name, "calls": calls}
+    if not ledger.holds(h, blob.digest):
+        # Recorded before the reply: a concurrent submit to the same agent must not ship twice.
+        payload["blob"] = blob.data
+        ledger.record(h, blob)
+    return payload
+
+
+def _install(c: Any, handles: list[Any], blob: CodeBlob) -> None:
+    """Ship ``blob`` to every agent in ``handles`` that lacks it, all at once."""
+    sending = {}
+    for h in handles:
+        if not ledger.holds(h, blob.digest):
+            payload = {"blobs": {blob.digest: blob.data}, "name": blob.name}
+            sending[h.submit("code", "install", payload)] = h
+            ledger.record(h, blob)
+    for pending, h in sending.items():
+        try:
+            pending.result()
+        except AgentLostError:
+            c.mark_lost(h)
+            ledger.forget(h)
+        except BaseException:  # CodeError: the node cannot load it
+            ledger.forget(h, blob.digest)
+            raise
+
+
+def _unpack_result(packed: dict, h: Any) -> Any:
+    try:
+        return unpack(packed)
+    except Exception as err:
+        raise BoundaryError("result", f"came from node {h.node} but cannot be rebuilt here "
+                            f"({type(err).__name__}: {err}); return plain data, or install "
+                            "that code on the driver too") from err
+
+
+def raise_remote(error: dict, h: Any, index: int | None) -> None:
+    """Re-raise an exception the worker returned as data: the same type where it rebuilds,
+    else ``RemoteError``; with the node's name and the remote traceback attached."""
+    where = f"node {h.node} (agent {h.name})" + (f", item {index}" if index is not None else "")
+    exc: BaseException | None = None
+    if error.get("pickled"):
+        try:
+            exc = unpack({"pickled": error["pickled"]})
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = RemoteError(h.node, error["type"], error["message"], error["traceback"])
+    else:
+        for attr, value in (("node", h.node), ("remote_traceback", error["traceback"]),
+                            ("item", index)):
+            try:
+                setattr(exc, attr, value)
+            except (AttributeError, TypeError):  # exceptions with __slots__
+                pass
+        exc.add_note(f"raised on {where}; remote traceback:\n{error['traceback']}")
+    raise exc
+

@@ -1,0 +1,143 @@
+"""The agent side of code shipping: hold shipped code, run calls, answer introspection.
+
+Ops (routed by the agent as ``invoke("code", op, payload)``, see docs/internals.md):
+
+- ``install {"blobs": {digest: bytes}, "name": str}`` -> ``{"installed": [digest, ...]}``,
+  or ``CodeError`` when the node cannot load it (it needs a module the node lacks)
+- ``have {}`` -> ``{"digests": [...]}``: the code this agent holds (the driver's ledger can be stale)
+- ``run {"code": digest, "name": str, "blob"?: bytes, "calls": [packed call, ...]}``
+  -> ``{"results": [...]}``,
+  or ``{"missing": digest}`` when the agent lacks the code (restarted: the driver ships it again),
+  or ``{"error": {...}, "index": i, "results": [...before i]}`` when the function raised.
+- ``inspect {"name": dotted | None}`` -> a description of a name, or of the node.
+- ``modules {}`` -> top-level module names importable on the node.
+
+A user function's exception is returned as data, pickled with the standalone cloudpickle that
+shipped the code, so the driver rebuilds the *same* class (a notebook-defined exception too).
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import traceback
+from collections import OrderedDict
+from typing import Any
+
+import cloudpickle
+
+from kiln import errors
+from kiln.code import context, introspect, pickling
+
+# Shipped functions kept per agent; an old entry evicted is shipped again on demand.
+_MAX_CODE = 512
+
+
+class State:
+    """Per-agent: shipped code by digest (LRU) and counters."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.code: OrderedDict[str, Any] = OrderedDict()
+        self.lock = threading.Lock()
+        self.installs = 0
+        self.calls = 0
+        self.errors = 0
+
+    def get(self, digest: str) -> Any | None:
+        with self.lock:
+            fn = self.code.get(digest)
+            if fn is not None:
+                self.code.move_to_end(digest)
+            return fn
+
+    def put(self, digest: str, data: bytes) -> Any:
+        fn = pickling.load_code(data)
+        with self.lock:
+            self.code[digest] = fn
+            self.code.move_to_end(digest)
+            self.installs += 1
+            while len(self.code) > _MAX_CODE:
+                self.code.popitem(last=False)
+        return fn
+
+
+def install(state: State, payload: dict, ctx: Any) -> dict:
+    for digest, data in payload["blobs"].items():
+        try:
+            state.put(digest, data)
+        except Exception as err:
+            name = payload.get("name", f"code {digest[:12]}")
+            raise errors.CodeError(ctx.node, name, f"{type(err).__name__}: {err}") from err
+    return {"installed": list(payload["blobs"])}
+
+
+def have(state: State, payload: dict, ctx: Any) -> dict:
+    with state.lock:
+        return {"digests": list(state.code)}
+
+
+def run(state: State, payload: dict, ctx: Any) -> dict:
+    digest = payload["code"]
+    fn = state.get(digest)
+    if fn is None:
+        if payload.get("blob") is None:
+            return {"missing": digest}
+        try:
+            fn = state.put(digest, payload["blob"])
+        except Exception as err:
+            name = payload.get("name", "the shipped function")
+            reason = f"{type(err).__name__}: {err}"
+            return {"error": _pack_error(errors.CodeError(ctx.node, name, reason)), "index": None,
+                    "results": []}
+    results = []
+    for i, packed in enumerate(payload["calls"]):
+        try:
+            args, kwargs = pickling.unpack_call(packed)
+            with context.running(ctx):
+                value = fn(*args, **kwargs)
+            # code only this node has (a module on its own path) goes back by value too
+            pickling.register_local_modules()
+            results.append(pickling.pack(value, "result"))
+        except Exception as err:
+            with state.lock:
+                state.errors += 1
+            return {"error": _pack_error(err), "index": i, "results": results}
+        finally:
+            with state.lock:
+                state.calls += 1
+    return {"results": results}
+
+
+def inspect(state: State, payload: dict, ctx: Any) -> dict:
+    name = payload.get("name")
+    if name:
+        return introspect.describe(name, private=bool(payload.get("private")))
+    return introspect.node_report(ctx)
+
+
+def modules(state: State, payload: dict, ctx: Any) -> dict:
+    return {"modules": introspect.top_level_modules()}
+
+
+def info(state: State) -> dict:
+    with state.lock:
+        return {"code_blobs": len(state.code), "installs": state.installs,
+                "calls": state.calls, "errors": state.errors}
+
+
+def _pack_error(err: BaseException) -> dict:
+    """An exception as data: type name, message, remote traceback, and the pickled exception
+    when it survives a round trip (else the driver raises ``RemoteError``)."""
+    cls = type(err)
+    pickled: bytes | None
+    try:
+        pickled = cloudpickle.dumps(err, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.loads(pickled)  # an exception whose __init__ needs other arguments won't rebuild
+    except Exception:
+        pickled = None
+    return {
+        "type": f"{cls.__module__}.{cls.__qualname__}",
+        "message": str(err),
+        "traceback": "".join(traceback.format_exception(err)),
+        "pickled": pickled,
+    }
