@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-gpu lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -20,10 +20,14 @@ demo: setup
 	$(BIN)/kiln demo
 
 lint: setup
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests tests_gpu bench
 
 test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+
+# GPU code paths: on a machine with an NVIDIA GPU (CI has none; bench/gpu.sh runs them on a lent one).
+test-gpu: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests_gpu
 
 bench: setup
 	$(BIN)/python bench/dispatch.py

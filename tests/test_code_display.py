@@ -3,10 +3,9 @@
 import arviz as az
 import numpy as np
 
-from kiln import display
+from kiln import DispatchResult, display
 from kiln.cluster import AgentRecord, Node
 from kiln.code.introspect import NodeReport, ObjectReport
-from kiln import DispatchResult
 
 
 def _node(name, state="ready", reason="", gpus=()):

@@ -11,12 +11,16 @@ from importlib import import_module
 from typing import Any
 
 from kiln import errors
-from kiln.cluster import Cluster, connect, current, shutdown
 
 __version__ = "0.1.0"
 
-# Heavy capabilities load on first use, so `import kiln` stays fast and imports no jax/torch.
+# Everything loads on first use, so `import kiln` stays fast and imports no Ray, jax or torch:
+# a model is built, validated and compiled (on an agent, or in a bench) without the engine.
 _LAZY = {
+    "Cluster": ("kiln.cluster", "Cluster"),
+    "connect": ("kiln.cluster", "connect"),
+    "current": ("kiln.cluster", "current"),
+    "shutdown": ("kiln.cluster", "shutdown"),
     "dispatch": ("kiln._dispatch", "dispatch"),
     "combine": ("kiln._dispatch", "combine"),
     "DispatchResult": ("kiln._dispatch", "DispatchResult"),

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import cluster
 from ..errors import AgentLostError, CallTimeoutError, ModelTypeError, NoAgentsError, SpecError
 from .compile import NUMPYRO_FORMAT
 from .distributions import pickle_fn
@@ -45,6 +44,8 @@ def sample(model: Model | Callable[..., Any] | dict[str, Any], chains: int = 4, 
     payload_model, observed = _model_payload(model, data)
     _check_options(chains, warmup, draws, seed, target_accept, max_tree_depth, warmup_mode,
                    method, device, timeout, retries)
+    from .. import cluster  # here, not at import: building models needs no Ray
+
     c = cluster.current()
     agents = c.agents(on=on)
     if not agents:
@@ -73,6 +74,12 @@ def sample(model: Model | Callable[..., Any] | dict[str, Any], chains: int = 4, 
         payloads.append(p)
     results = run.all(payloads)
     return _posterior(results, observed, run.placement, chains)
+
+
+def _wait(calls: list[Any], timeout: float, num_returns: int) -> tuple[list[Any], list[Any]]:
+    from .. import cluster
+
+    return cluster.wait(calls, timeout=timeout, num_returns=num_returns)
 
 
 class _Run:
@@ -134,7 +141,7 @@ class _Run:
         try:
             while len(results) < len(payloads):
                 pending = [jobs[i]["call"] for i in jobs if i not in results]
-                done, _ = cluster.wait(pending, timeout=0.2, num_returns=len(pending))
+                done, _ = _wait(pending, timeout=0.2, num_returns=len(pending))
                 for call in done:
                     i = calls.pop(call)
                     try:

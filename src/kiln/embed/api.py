@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from kiln import cluster as _cluster
 from kiln.errors import (
     AgentLostError,
     BoundaryError,
@@ -70,6 +69,8 @@ def embed(texts: str | Sequence[str], model: str = "default", strategy: str | No
     """
     items = check_texts(texts)
     router = router_for(strategy)
+    from kiln import cluster as _cluster  # here, not at import: an encoder needs no Ray
+
     c = _cluster.current()
     agents = c.agents(on)
     if not agents:
