@@ -6,20 +6,20 @@ be on a named node, run the driver's code and versions, and its device must comp
 that fails a check does not take work: it stays only long enough to tell the driver why, and
 every call to it raises that reason.
 
-Work arrives as ``invoke(capability, op, payload)`` and runs ``kiln.<capability>.worker.<op>``
-in a thread, so ``info`` and ``progress`` answer while a long run is in flight and several
-requests (embedding batches) can be in flight at once.
+Work arrives as ``invoke(capability, op, payload)`` and runs ``kiln.<capability>.worker.<op>``.
+The agent is a threaded actor (``max_concurrency`` threads), so ``info`` and ``progress``
+answer while a long run is in flight and several requests (embedding batches) can be in
+flight at once. Threaded rather than asyncio: an async actor adds ~0.2 ms to every round trip
+(0.93 against 0.73 ms for a no-op here), a quarter of the whole call.
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import os
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,7 @@ class AgentContext:
     device: str
     _progress: dict[str, Any] = field(default_factory=dict, repr=False)
     _inflight: Counter = field(default_factory=Counter, repr=False)
+    _inflight_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def platform(self) -> str:
@@ -65,12 +66,16 @@ class AgentContext:
         """Calls of ``capability`` in flight on this agent (its queue depth)."""
         return self._inflight[capability]
 
+    def _count(self, capability: str, delta: int) -> None:
+        with self._inflight_lock:
+            self._inflight[capability] += delta
+
 
 class Agent:
     """The actor class; ``kiln.cluster`` wraps it with ``ray.remote`` and places it."""
 
     def __init__(self, node: str | None, device: str, driver_fingerprint: dict[str, Any],
-                 env: dict[str, str] | None = None, threads: int = 16) -> None:
+                 env: dict[str, str] | None = None) -> None:
         for key, value in {**_AGENT_ENV, **(env or {})}.items():
             if env and key in env:
                 os.environ[key] = value
@@ -87,7 +92,6 @@ class Agent:
         self.ctx = AgentContext(self.name, node or "", device)
         self._states: dict[str, Any] = {}
         self._state_locks = {cap: threading.Lock() for cap in CAPABILITIES}
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kiln-agent")
         self._preflight(driver_fingerprint)
 
     # -- start-up checks -------------------------------------------------------------------
@@ -121,7 +125,7 @@ class Agent:
             self.device, node_name=self.node or "", agent=self.name)
 
     # -- the actor's methods ---------------------------------------------------------------
-    async def ready(self, driver_fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
+    def ready(self, driver_fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
         """The agent's state for the driver; re-checks the fingerprint of a (new) driver."""
         if self.refusal is None and driver_fingerprint is not None:
             try:
@@ -132,7 +136,7 @@ class Agent:
                         "check": err.check, "stale": True}
         return self._describe()
 
-    async def info(self) -> dict[str, Any]:
+    def info(self) -> dict[str, Any]:
         out = self._describe()
         for cap, state in list(self._states.items()):
             module = importlib.import_module(f"kiln.{cap}.worker")
@@ -143,10 +147,10 @@ class Agent:
                     out[cap] = {"error": f"{type(err).__name__}: {err}"}
         return out
 
-    async def progress(self, key: str) -> Any:
+    def progress(self, key: str) -> Any:
         return self.ctx._progress.get(key)
 
-    async def invoke(self, capability: str, op: str, payload: Any) -> Any:
+    def invoke(self, capability: str, op: str, payload: Any) -> Any:
         if self.refusal is not None:
             raise self.refusal
         if (capability, op) == ("agent", "echo"):
@@ -158,17 +162,15 @@ class Agent:
         fn = getattr(module, op, None)
         if fn is None or op.startswith("_") or op in ("State", "info"):
             raise SpecError("op", f"capability {capability!r} has no operation {op!r}")
-        loop = asyncio.get_running_loop()
-        self.ctx._inflight[capability] += 1
+        self.ctx._count(capability, +1)
         try:
-            state = await loop.run_in_executor(self._pool, self._state_for, capability, module)
-            result = await loop.run_in_executor(self._pool, fn, state, payload, self.ctx)
+            result = fn(self._state_for(capability, module), payload, self.ctx)
         finally:
-            self.ctx._inflight[capability] -= 1
+            self.ctx._count(capability, -1)
         return to_wire(result, root="result")
 
     def _state_for(self, capability: str, module: Any) -> Any:
-        # Created once, in a worker thread: loading an encoder or compiling may take seconds.
+        # Created once, under a lock: loading an encoder or compiling may take seconds.
         with self._state_locks[capability]:
             if capability not in self._states:
                 self._states[capability] = module.State(self.ctx)
