@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="kiln: the cluster is the API. Bayesian and ML inference on a Ray cluster.")
 console = Console()
+err_console = Console(stderr=True)  # errors and notes stay off stdout, so --json stays parseable
 
 Address = Annotated[str | None, typer.Option(
     "--address", envvar="KILN_ADDRESS",
@@ -28,6 +33,14 @@ Block = Annotated[bool, typer.Option("--block", help="stay in the foreground; st
 SEED_000_SPEC = {"dist": "normal", "mu": 0.0, "sigma": 1.0}
 SEED_001_OBS = [2.1, 2.5, 1.8, 2.3, 2.7, 1.9, 2.4, 2.2, 2.6, 2.0]
 
+# Set in the environment of the Ray processes that `kiln up` / `kiln join` start (every Ray process
+# of the node inherits it), so that `kiln down` stops those and leaves any other Ray alone.
+NODE_MARKER = "KILN_CLI_NODE"
+# A kiln node name (it becomes part of a Ray resource name and of agent names).
+_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?")
+_AUTH_HELP = ("on each machine that joins, and on each driver, set RAY_AUTH_MODE=token and "
+              "RAY_AUTH_TOKEN=<the head's token> (`ray get-auth-token` on the head prints it)")
+
 
 def _ray_bin() -> str:
     here = Path(sys.executable).with_name("ray")
@@ -35,8 +48,14 @@ def _ray_bin() -> str:
 
 
 def _fail(message: str, code: int = 1) -> None:
-    console.print(f"[red]error:[/] {message}")
+    err_console.print(f"[red]error:[/] {escape(message)}")
     raise typer.Exit(code)
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.fullmatch(name):
+        _fail(f"--name {name!r}: use letters, digits, '-' and '_' (at most 63, starting and "
+              "ending with a letter or digit), e.g. gpu2")
 
 
 @app.command()
@@ -82,7 +101,7 @@ def _seed_001(kiln: Any, node: str, seed: int) -> dict[str, Any]:
              .rv("y", Normal("mu", "sigma"))
              .obs("y_obs", "y", SEED_001_OBS))
     post = kiln.sample(model, chains=4, warmup=500, draws=1000, on=node, seed=seed, progress=False)
-    summary = post.summary()
+    summary = post.summary(round_to="none")
     return {
         "node": node,
         "chains": [{"mu": float(c["mu"].mean()), "sigma": float(c["sigma"].mean())} for c in post.chains],
@@ -122,22 +141,36 @@ def _print_demo(out: dict[str, Any]) -> None:
 
 
 @app.command()
-def up(host: Annotated[str, typer.Option(help="address to bind; 127.0.0.1 keeps it on this machine")] = "127.0.0.1",
+def up(host: Annotated[str, typer.Option(
+           help="address the head advertises. Ray resolves 127.0.0.1 to this machine's address and "
+                "its servers listen on every interface: keep the ports firewalled, token auth on")
+       ] = "127.0.0.1",
        port: Annotated[int, typer.Option(help="the head's GCS port")] = 6379,
        name: Annotated[str | None, typer.Option(help="this node's kiln name (default: the host's)")] = None,
        block: Block = False, dry_run: DryRun = False) -> None:
     """Start a Ray head node named for kiln and print the join command."""
     from kiln.cluster import NODE_RESOURCE, default_node_name
 
-    node = name or default_node_name()
+    node = default_node_name() if name is None else name  # --name '' is an error
+    _check_name(node)
     cmd = [_ray_bin(), "start", "--head", f"--node-ip-address={host}", f"--port={port}",
            "--include-dashboard=false", f"--resources={json.dumps({NODE_RESOURCE + node: 1})}"]
-    console.print(f"kiln head [bold]{node}[/] at {host}:{port}. On each other machine:\n"
-                  f"  kiln join {host}:{port} --name gpu2\n"
-                  "Token authentication stays on: copy this head's token (`ray get-auth-token`) into "
-                  "RAY_AUTH_TOKEN on the joining machines. From a notebook: "
-                  f"kiln.connect(\"{host}:{port}\").")
-    _run(cmd, dry_run, block)
+    mode = os.environ.get("RAY_AUTH_MODE", "").lower()
+    auth_on = mode in ("", "token")
+    if not dry_run and not mode:
+        # `ray start --head` turns token authentication on only when a token already exists on
+        # this machine: make one (as `ray.init()` does for a local cluster) so that it always is.
+        made = subprocess.run([_ray_bin(), "get-auth-token", "--generate"], capture_output=True)
+        auth_on = made.returncode == 0
+    auth_line = (f"Token authentication is on: {_AUTH_HELP}." if auth_on else
+                 "Token authentication is OFF: anyone who reaches the port can run code here.")
+    where = escape(f"{host}:{port}")
+    banner = (f"kiln head [bold]{node}[/] at {where}. To add a node:\n"
+              f"  kiln join {where} --name gpu2\n"
+              + ("(127.0.0.1 is this machine only: give --host this machine's address for the "
+                 "others.)\n" if host in ("127.0.0.1", "localhost") else "")
+              + f"{escape(auth_line)}\nFrom a notebook: kiln.connect(\"{where}\").")
+    _run(cmd, dry_run, block, marker=node, banner=banner)
 
 
 @app.command()
@@ -148,34 +181,130 @@ def join(address: Annotated[str, typer.Argument(help="HEAD_HOST:PORT")],
     """Start a Ray worker node carrying a kiln name and join it to a head."""
     from kiln.cluster import NODE_RESOURCE
 
-    if not name.replace("-", "").replace("_", "").isalnum():
-        _fail(f"--name {name!r}: use letters, digits, '-' and '_'")
+    _check_name(name)
     cmd = [_ray_bin(), "start", f"--address={address}",
            f"--resources={json.dumps({NODE_RESOURCE + name: 1})}"]
     if num_gpus is not None:
         cmd.append(f"--num-gpus={num_gpus}")
-    console.print(f"node [bold]{name}[/] joining {address}")
-    _run(cmd, dry_run, block)
+    _run(cmd, dry_run, block, marker=name, banner=None if dry_run else
+         f"node [bold]{name}[/] {'joining' if block else 'joined'} {escape(address)}")
 
 
 @app.command()
-def down(dry_run: DryRun = False) -> None:
-    """Stop the Ray processes that `kiln up` / `kiln join` started on this machine."""
-    _run([_ray_bin(), "stop"], dry_run)
-
-
-def _run(cmd: list[str], dry_run: bool, block: bool = False) -> None:
-    if dry_run:
-        print(" ".join(cmd + (["--block"] if block else [])))
+def down(all_ray: Annotated[bool, typer.Option(
+             "--all", help="run `ray stop` instead: EVERY Ray process on this machine, kiln's or not")
+         ] = False,
+         grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL")] = 10.0,
+         dry_run: DryRun = False) -> None:
+    """Stop the Ray nodes that `kiln up` / `kiln join` started on this machine (other Ray stays)."""
+    if all_ray:
+        _run([_ray_bin(), "stop"], dry_run)
         return
+    found = _cli_node_processes()
+    if not found:
+        err_console.print("no node started by `kiln up` / `kiln join` runs on this machine")
+        return
+    if dry_run:
+        for proc, node in found:
+            print(f"{proc.pid}\t{node}\t{shlex.join(_cmdline(proc))[:160]}")
+        return
+    alive = _terminate([p for p, _ in found], grace)
+    if alive:
+        _fail(f"could not stop {len(alive)} process(es): {', '.join(str(p.pid) for p in alive)}")
+    console.print(f"stopped kiln node(s) {', '.join(sorted({n for _, n in found}))} "
+                  f"({len(found)} processes)")
+
+
+def _cmdline(proc: Any) -> list[str]:
+    try:
+        return [a for a in proc.cmdline() if a]  # a renamed process pads its title with ''
+    except Exception:
+        return []
+
+
+def _cli_node_processes() -> list[tuple[Any, str]]:
+    """(process, node name) for every process of a node that `kiln up` / `kiln join` started.
+
+    Those carry NODE_MARKER in their environment; their children too, unless they renamed
+    themselves (``ray::DashboardAgent`` overwrites its environment with its title), so the
+    children of a marked process count as well.
+    """
+    import psutil
+
+    mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    found: dict[int, tuple[Any, str]] = {}
+    for proc in psutil.process_iter():
+        try:
+            node = proc.environ().get(NODE_MARKER)
+            if node and proc.pid not in mine:
+                found[proc.pid] = (proc, node)
+                for child in proc.children(recursive=True):
+                    found.setdefault(child.pid, (child, node))
+        except (psutil.Error, OSError):  # another user's process, a zombie, or gone
+            continue
+    return [found[pid] for pid in sorted(found) if pid not in mine]
+
+
+def _terminate(procs: list[Any], grace: float) -> list[Any]:
+    """Stop raylets first, GCS servers last (as `ray stop` does, so none waits on a dead peer):
+    SIGTERM each group, SIGKILL what is left of it after its share of ``grace``. Returns what
+    still runs."""
+    import psutil
+
+    def name(proc: Any) -> str:
+        try:
+            return proc.name()
+        except psutil.Error:
+            return ""
+
+    first = [p for p in procs if name(p) == "raylet"]
+    last = [p for p in procs if name(p) == "gcs_server"]
+    middle = [p for p in procs if p not in first and p not in last]
+    still = []
+    for group in (first, middle, last):
+        for proc in group:
+            try:
+                proc.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(group, timeout=grace / 3)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        still += psutil.wait_procs(alive, timeout=5)[1]
+    return still
+
+
+def _run(cmd: list[str], dry_run: bool, block: bool = False, marker: str | None = None,
+         banner: str | None = None) -> None:
+    """Run a `ray` command; ``marker`` names the kiln node it starts (see NODE_MARKER)."""
+    if block:
+        cmd = [*cmd, "--block"]
+    if dry_run:
+        if banner:
+            err_console.print(banner)
+        print(shlex.join(cmd))  # the exact command, quoted so that it pastes into a shell
+        return
+    env = {**os.environ, **({NODE_MARKER: marker} if marker else {})}
     if block:
         # Become `ray start --block`: stopping this process (Ctrl-C, SIGTERM) stops the node.
+        if banner:
+            console.print(banner)
         sys.stdout.flush()
-        os.execv(cmd[0], cmd + ["--block"])
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
+        os.execve(cmd[0], cmd, env)
+    started = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        _fail(f"{' '.join(cmd[:3])} failed:\n{proc.stderr.strip() or proc.stdout.strip()}",
+        out = "\n".join((proc.stderr.strip() or proc.stdout.strip()).splitlines()[-12:])
+        hint = ""
+        if re.search(r"auth|token", out, re.IGNORECASE):
+            hint = f"\nThe cluster uses token authentication: {_AUTH_HELP}."
+        _fail(f"{shlex.join(cmd[:3])} failed after {time.monotonic() - started:.0f} s:\n{out}{hint}",
               proc.returncode)
+    if banner:
+        console.print(banner)
 
 
 @app.command()
@@ -216,6 +345,9 @@ def doctor(address: Address = None, as_json: JsonOut = False) -> None:
         console.print(checks_table(nodes))
         console.print("[green]all checks passed[/]" if not failed
                       else f"[red]{len(failed)} agent(s) refused to start[/]")
+        for a in failed:
+            console.print(f"  {escape(a.name)}: "
+                          + (f"the {escape(a.check)} check failed" if a.check else escape(a.state)))
     kiln.shutdown(keep_agents=True)
     raise typer.Exit(1 if failed else 0)
 

@@ -355,7 +355,7 @@ class Cluster:
             options = dict(
                 name=name, namespace=NAMESPACE, get_if_exists=True, num_cpus=0,
                 num_gpus=1 if device.startswith("cuda") else 0, max_restarts=0,
-                max_concurrency=64,
+                max_concurrency=64,  # threads: long runs, info and progress at once
                 scheduling_strategy=NodeAffinitySchedulingStrategy(rn["NodeID"], soft=False),
             )
             if not self.owns_ray:
@@ -458,13 +458,14 @@ def connect(address: str | None = None, *, name: str | None = None, num_cpus: in
             owns = True
             resolved = ray.get_runtime_context().gcs_address
         else:
+            _fail_fast_if_nothing_listens(address)
             ray.init(address=address, namespace=NAMESPACE, log_to_driver=log_to_driver,
                      logging_level=logging.WARNING, configure_logging=False)
             resolved = address
     except ConnectionError as err:
-        raise ConnectError(_connect_hint(address, err)) from err
+        raise ConnectError(_connect_hint(address, err, listening=True)) from err
     except RuntimeError as err:
-        raise ConnectError(_connect_hint(address, err)) from err
+        raise ConnectError(_connect_hint(address, err, listening=True)) from err
     cluster = Cluster(resolved, owns, agent_env, start_timeout)
     _current = cluster
     try:
@@ -475,14 +476,42 @@ def connect(address: str | None = None, *, name: str | None = None, num_cpus: in
     return cluster
 
 
-def _connect_hint(address: str | None, err: BaseException) -> str:
+def _fail_fast_if_nothing_listens(address: str, timeout: float = 5.0) -> None:
+    """Raise ConnectError at once when nothing accepts a connection at HOST:PORT.
+
+    ``ray.init`` would retry an unreachable GCS for minutes (20 tries of ~35 s each) before it
+    gives up, so a mistyped address looked like a hang.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # "auto", "ray://...": Ray's own address forms, left to Ray
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConnectError(_connect_hint(address, err, listening=False)) from None
+
+
+def _connect_hint(address: str | None, err: BaseException, listening: bool = True) -> str:
     text = f"{type(err).__name__}: {err}"
-    hint = ("could not reach the Ray cluster at "
-            f"{address}: {text}. Is `kiln up` running there, and is the port open?")
-    if "auth" in text.lower() or "token" in text.lower():
-        hint += (" The cluster uses token authentication: set RAY_AUTH_TOKEN (or copy the head's "
-                 "token file; `ray get-auth-token` prints it) on this machine.")
-    return hint if address else f"could not start a local Ray: {text}"
+    if not address:
+        return f"could not start a local Ray: {text}"
+    if not listening:
+        return (f"could not reach the Ray cluster at {address}: nothing accepts connections there "
+                f"({text}). Is `kiln up` running there, and is the port open?")
+    # Ray reports a refused token as a plain "Failed to connect": name the likely cause.
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+        token_mode = is_token_auth_enabled()
+    except Exception:  # Ray's private module moved: assume no token was sent
+        token_mode = False
+    hint = (f"could not attach to the Ray cluster at {address}: {text}. Something listens there "
+            "but Ray did not let this driver in. Is it a Ray head (`kiln up`)?")
+    if not token_mode or "auth" in text.lower() or "token" in text.lower():
+        hint += (" Ray clusters use token authentication: set RAY_AUTH_MODE=token and "
+                 "RAY_AUTH_TOKEN=<the head's token> on this machine (`ray get-auth-token` on the "
+                 "head prints it).")
+    return hint
 
 
 def shutdown(keep_agents: bool = False) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 _STATE_STYLE = {"ready": "green", "refused": "red", "dead": "red", "lost": "red"}
@@ -24,7 +25,9 @@ def nodes_table(nodes: list[Any]) -> Table:
         gpus = ", ".join(f"{g['model']} {_gib(g.get('memory_bytes'))}".strip() for g in n.gpus) or "-"
         agents = ", ".join(f"{a.device}:{a.state}" for a in n.agents) or "-"
         versions = " / ".join(str(fp.get(k, "?")) for k in ("kiln", "jax", "numpyro", "torch")) if fp else ""
-        table.add_row(n.name, n.address, f"[{style}]{n.state}[/]", agents, gpus, versions, n.reason)
+        # Names, reasons and versions are data, not markup: "[...]" in them must print as is.
+        table.add_row(escape(n.name), escape(n.address), f"[{style}]{escape(n.state)}[/]",
+                      escape(agents), escape(gpus), escape(versions), escape(n.reason))
     return table
 
 
@@ -34,11 +37,11 @@ def checks_table(nodes: list[Any]) -> Table:
         table.add_column(col, overflow="fold")
     for n in nodes:
         if not n.agents:
-            table.add_row(n.name, "-", "", "", "", f"no agent ({n.state})")
+            table.add_row(escape(n.name), "-", "", "", "", escape(f"no agent ({n.state})"))
         for a in n.agents:
             results = {c["check"]: c["ok"] for c in a.info.get("checks", [])}
             marks = [_mark(results.get(k)) for k in ("named-node", "fingerprint", "device")]
-            table.add_row(n.name, a.name, *marks, a.reason)
+            table.add_row(escape(n.name), escape(a.name), *marks, escape(a.reason))
     return table
 
 

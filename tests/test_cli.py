@@ -1,0 +1,483 @@
+"""The `kiln` command line, run the way a user runs it: the venv's `kiln`, in real processes.
+
+The two-node cluster here is made by the CLI itself (`kiln up`, then `kiln join`). Its processes
+get their own HOME (so the head makes its own Ray auth token, and the drivers and the joining
+node know it only from RAY_AUTH_MODE / RAY_AUTH_TOKEN, as on another machine) and their own
+RAY_TMPDIR (their own Ray session files). Nothing here touches this process's environment or
+the in-process Ray of the other tests: every process of that cluster carries this module's
+temporary directory in its RAY_TMPDIR, which is how the finalizer finds and kills exactly those,
+even when a test fails (`ray stop` would kill every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from kiln.cli import SEED_001_OBS
+
+BIN = Path(sys.executable).parent
+KILN = str(BIN / "kiln")
+RAY = str(BIN / "ray")
+COMMANDS = ("demo", "up", "join", "down", "status", "doctor", "serve")
+# What a user's shell might carry that would change what these commands attach to.
+_SCRUB = ("RAY_ADDRESS", "KILN_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH",
+          "KILN_CLI_NODE")
+# The agents' compiled programs, shared with the real HOME so a fake HOME does not recompile.
+_JAX_CACHE = os.environ.get("KILN_JAX_CACHE") or os.path.expanduser("~/.cache/kiln/jax")
+
+
+def multinode(fn):
+    return pytest.mark.slow(pytest.mark.multinode(fn))
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+    env.update(COLUMNS="200", RAY_USAGE_STATS_ENABLED="0", JAX_PLATFORMS="cpu")
+    env.update(extra)
+    return env
+
+
+def kiln(*args: object, env: dict[str, str] | None = None, timeout: float = 120
+         ) -> subprocess.CompletedProcess:
+    return subprocess.run([KILN, *map(str, args)], env=env or _env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _show(r: subprocess.CompletedProcess) -> str:
+    return f"exit {r.returncode}\n--- stdout\n{r.stdout[-3000:]}\n--- stderr\n{r.stderr[-3000:]}"
+
+
+def _flat(text: str) -> str:
+    """Rich wraps long lines; compare messages with their whitespace collapsed."""
+    return " ".join(text.split())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _processes_with_env(key: str, prefix: str) -> list[psutil.Process]:
+    """Processes whose environment has ``key`` starting with ``prefix``, and their children
+    (a Ray process that renames itself, ``ray::DashboardAgent``, overwrites its environment)."""
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(key, "").startswith(prefix):
+                found[proc.pid] = proc
+                found.update((c.pid, c) for c in proc.children(recursive=True))
+        except (psutil.Error, OSError):
+            continue
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _argv_option(argv: list[str], name: str) -> str:
+    return next(a.split("=", 1)[1] for a in argv if a.startswith(name + "="))
+
+
+# -- no Ray: help, dry runs, bad input, an address where nothing listens ------------------------
+def test_help_lists_every_command():
+    r = kiln("--help")
+    assert r.returncode == 0, _show(r)
+    for command in COMMANDS:
+        assert re.search(rf"^\W*{command}\s", r.stdout, re.MULTILINE), command
+
+
+@pytest.mark.parametrize(("args", "host", "block"), [
+    ((), "127.0.0.1", False),
+    (("--host", "10.1.2.3", "--block"), "10.1.2.3", True),
+])
+def test_up_dry_run_prints_the_exact_ray_head_command(args, host, block):
+    r = kiln("up", "--port", 6390, "--name", "head1", "--dry-run", *args)
+    assert r.returncode == 0, _show(r)
+    assert len(r.stdout.splitlines()) == 1  # stdout is the command alone, quoted for a shell
+    argv = shlex.split(r.stdout)
+    assert argv[:3] == [RAY, "start", "--head"]
+    assert f"--node-ip-address={host}" in argv  # 127.0.0.1 unless --host
+    assert "--port=6390" in argv
+    assert json.loads(_argv_option(argv, "--resources")) == {"kiln-node:head1": 1}
+    assert ("--block" in argv) is block
+    banner = _flat(r.stderr)
+    assert f"kiln join {host}:6390 --name gpu2" in banner
+    assert "RAY_AUTH_MODE=token" in banner and "ray get-auth-token" in banner
+
+
+def test_join_dry_run_prints_the_exact_ray_worker_command():
+    r = kiln("join", "127.0.0.1:6390", "--name", "gpu2", "--num-gpus", 0, "--dry-run")
+    assert r.returncode == 0, _show(r)
+    assert shlex.split(r.stdout) == [RAY, "start", "--address=127.0.0.1:6390",
+                                     '--resources={"kiln-node:gpu2": 1}', "--num-gpus=0"]
+
+
+@pytest.mark.parametrize(("command", "name"), [
+    *((("join", "127.0.0.1:1"), name) for name in
+      ("bad name", "gpu2;id", "-gpu", "gpu_", "", "a" * 64, "[bold]x")),
+    *((("up", "--dry-run"), name) for name in ("bad name", "")),
+])
+def test_a_bad_node_name_is_refused_with_a_clear_message(command, name):
+    r = kiln(*command, "--name", name, timeout=60)
+    assert r.returncode == 1, _show(r)
+    assert "ray start" not in r.stdout  # nothing was run, nor printed to run
+    message = _flat(r.stderr)
+    assert f"--name {name!r}" in message and "letters, digits" in message
+
+
+def test_report_tables_print_names_and_reasons_with_brackets_as_they_are():
+    from rich.console import Console
+
+    from kiln.cluster import AgentRecord, Node
+    from kiln.report import checks_table, nodes_table
+
+    reason = "failed to start: see [/tmp/kiln] and [bold]x"
+    agent = AgentRecord(name="kiln-agent:[n]:cpu", node="[n]", device="cpu", state="refused",
+                        reason=reason, info={"checks": [{"check": "named-node", "ok": "no"}]})
+    node = Node(name="[n]", address="10.0.0.2", node_id="ab" * 28, alive=True, gpus=[],
+                agents=[agent], fingerprint={})
+    for table in (nodes_table([node]), checks_table([node])):
+        out = io.StringIO()
+        Console(file=out, width=400).print(table)
+        text = out.getvalue()
+        assert reason in text and "[n]" in text
+
+
+def test_down_all_is_ray_stop():
+    r = kiln("down", "--all", "--dry-run")
+    assert r.returncode == 0, _show(r)
+    assert shlex.split(r.stdout) == [RAY, "stop"]
+
+
+@pytest.mark.parametrize("command", ["status", "doctor", "demo"])
+def test_an_address_where_nothing_listens_fails_fast_with_a_message(command):
+    started = time.monotonic()
+    r = kiln(command, "--json", "--address", "127.0.0.1:1", timeout=90)
+    assert time.monotonic() - started < 30  # Ray alone retries such an address for minutes
+    assert r.returncode == 1, _show(r)
+    assert "could not reach the Ray cluster at 127.0.0.1:1" in _flat(r.stderr)
+    assert r.stdout.strip() == ""  # --json output is JSON or nothing
+
+
+def test_kiln_address_in_the_environment_is_the_address():
+    r = kiln("status", env=_env(KILN_ADDRESS="127.0.0.1:1"), timeout=90)
+    assert r.returncode == 1, _show(r)
+    assert "could not reach the Ray cluster at 127.0.0.1:1" in _flat(r.stderr)
+
+
+class Scratch:
+    """A HOME and a RAY_TMPDIR of its own for the Ray processes the CLI starts; ``kill`` finds
+    those processes by their RAY_TMPDIR."""
+
+    def __init__(self) -> None:
+        # Short: Ray's socket paths (sockets/plasma_store, ...) must stay under 108 bytes.
+        self.root = Path(tempfile.mkdtemp(prefix="kcli", dir="/tmp" if os.path.isdir("/tmp") else None))
+        self.home = self.root / "home"
+        self.home.mkdir()
+
+    def env(self, tmp: str = "t", **extra: str) -> dict[str, str]:
+        return _env(HOME=str(self.home), RAY_TMPDIR=str(self.root / tmp),
+                    KILN_JAX_CACHE=_JAX_CACHE, **extra)
+
+    def kill(self, tmp: str = "") -> None:
+        """SIGKILL every process started with this RAY_TMPDIR (or, by default, one under root)."""
+        procs = _processes_with_env("RAY_TMPDIR", str(self.root / tmp))
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=15)
+
+    def remove(self) -> None:
+        self.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def scratch():
+    s = Scratch()
+    try:
+        yield s
+    finally:
+        s.remove()
+
+
+# -- the embedded default ------------------------------------------------------------------------
+@pytest.mark.slow
+def test_demo_on_the_embedded_default_prints_seed_000_and_seed_001(scratch):
+    r = kiln("demo", env=scratch.env(), timeout=300)  # no address: a local Ray of its own
+    assert r.returncode == 0, _show(r)
+    out = r.stdout
+    assert "seed 000" in out and "Combined 200 samples" in out  # one node: the local one
+    row = re.search(r"│ (\S+)\s+│ cpu\s+│ 200\s+│ (\S+)\s+│ (\S+)\s+│ (\d+) ms\s+│ (\d+) ms", out)
+    assert row, out
+    mean, sd, on_agent, round_trip = float(row[2]), float(row[3]), int(row[4]), int(row[5])
+    assert abs(mean) < 4 * sd / math.sqrt(100) and 0.7 < sd < 1.3
+    assert 0 < on_agent <= round_trip
+    assert "seed 001: 4 chains" in _flat(out)
+    assert len(re.findall(r"^│ [1-4]\s+│ \d\.\d{3}\s+│ \d\.\d{3}\s+│$", out, re.MULTILINE)) == 4
+    assert "Pooled posterior (4000 samples across 4 chains)" in out
+    exact = _seed_001_exact_means()
+    for var in ("mu", "sigma"):
+        m = re.search(rf"{var}:\s+(\S+) ± (\S+)\s+\(r_hat (\S+), ess (\d+)\)", out)
+        assert m, out
+        mean, sd, r_hat, ess = float(m[1]), float(m[2]), float(m[3]), int(m[4])
+        # printed to 3 decimals: allow their rounding on top of the Monte Carlo error
+        assert abs(mean - exact[var]) < 4 * sd / math.sqrt(ess) + 0.0005, (var, m[0], exact[var])
+        assert r_hat < 1.01
+
+
+# -- a two-node cluster made with `kiln up` and `kiln join` -------------------------------------
+class CliCluster(Scratch):
+    """head1 (`kiln up`) and gpu2 (`kiln join`), each a `ray start` on this machine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head_home = self.root / "head-home"
+        self.head_home.mkdir()
+        self.state = "down"  # down | clean | changed
+        self.address, self.token, self.banner = "", "", ""
+
+    def env(self, head: bool = False, tmp: str = "t", **extra: str) -> dict[str, str]:
+        env = super().env(tmp, **extra)
+        if head:
+            env["HOME"] = str(self.head_home)
+        elif self.token:
+            # What the head's banner tells the user to do on every other machine.
+            env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token)
+        return env
+
+    def kiln(self, *args: object, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+        return kiln(*args, env=self.env(**env), timeout=timeout)
+
+    def start(self) -> None:
+        self.state = "down"
+        self.address, self.token = f"127.0.0.1:{_free_port()}", ""
+        r = self.kiln("up", "--port", self.address.split(":")[1], "--name", "head1", head=True)
+        assert r.returncode == 0, _show(r)
+        self.banner = _flat(r.stdout)
+        t = subprocess.run([RAY, "get-auth-token"], env=self.env(head=True), capture_output=True,
+                           text=True, timeout=60)
+        assert t.returncode == 0 and t.stdout.strip(), t.stderr
+        self.token = t.stdout.strip()
+        r = self.kiln("join", self.address, "--name", "gpu2")
+        assert r.returncode == 0, _show(r)
+        self.state = "clean"
+
+    def add_unnamed_node(self) -> None:
+        """A plain `ray start` joins a node that carries no kiln name."""
+        self.state = "changed"
+        r = subprocess.run([RAY, "start", f"--address={self.address}"], env=self.env(),
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, _show(r)
+
+    def kill(self, tmp: str = "") -> None:
+        super().kill(tmp)
+        if not tmp:
+            self.state = "down"
+
+
+@pytest.fixture(scope="module")
+def _cli_cluster():
+    cluster = CliCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def cli_cluster(_cli_cluster):
+    """head1 and gpu2 with a ready agent each (started again if a test changed them)."""
+    if _cli_cluster.state != "clean":
+        _cli_cluster.kill()
+        _cli_cluster.start()
+    return _cli_cluster
+
+
+@pytest.fixture
+def running_cli_cluster(_cli_cluster):
+    """The cluster as the previous test left it, as long as it runs."""
+    if _cli_cluster.state == "down":
+        _cli_cluster.kill()
+        _cli_cluster.start()
+    return _cli_cluster
+
+
+def _seed_001_exact_means() -> dict[str, float]:
+    """Posterior means of seed 001 (mu ~ N(0, 10), sigma ~ HalfNormal(2), y ~ N(mu, sigma)),
+    by quadrature on a grid, to compare the sampler with."""
+    y = np.asarray(SEED_001_OBS)
+    n, ybar, ss = len(y), y.mean(), ((y - y.mean()) ** 2).sum()
+    mu = np.linspace(ybar - 1.5, ybar + 1.5, 1501)[:, None]
+    sigma = np.linspace(1e-3, 3.0, 3000)[None, :]
+    logp = (-0.5 * (mu / 10.0) ** 2 - 0.5 * (sigma / 2.0) ** 2 - n * np.log(sigma)
+            - (n * (ybar - mu) ** 2 + ss) / (2 * sigma**2))
+    w = np.exp(logp - logp.max())
+    w /= w.sum()
+    return {"mu": float((w * mu).sum()), "sigma": float((w * sigma).sum())}
+
+
+@multinode
+def test_up_prints_the_join_command_and_how_to_pass_the_token(cli_cluster):
+    assert f"kiln join {cli_cluster.address} --name gpu2" in cli_cluster.banner
+    assert "Token authentication is on" in cli_cluster.banner
+    assert "RAY_AUTH_MODE=token" in cli_cluster.banner
+    assert f'kiln.connect("{cli_cluster.address}")' in cli_cluster.banner
+
+
+@multinode
+def test_status_lists_both_named_nodes_ready(cli_cluster):
+    r = cli_cluster.kiln("status", "--json", "--address", cli_cluster.address)
+    assert r.returncode == 0, _show(r)
+    nodes = {n["name"]: n for n in json.loads(r.stdout)}
+    assert set(nodes) == {"head1", "gpu2"}
+    for node in nodes.values():
+        assert node["state"] == "ready", node
+        assert [(a["device"], a["state"]) for a in node["agents"]] == [("cpu", "ready")]
+    table = cli_cluster.kiln("status", "--address", cli_cluster.address)
+    assert table.returncode == 0, _show(table)
+    assert re.search(r"head1\s.*\sready\s", table.stdout)
+    assert re.search(r"gpu2\s.*\sready\s", table.stdout)
+
+
+@multinode
+def test_a_driver_without_the_token_is_refused_and_told_to_set_it(cli_cluster):
+    # Token authentication is on: without RAY_AUTH_MODE/RAY_AUTH_TOKEN Ray lets nobody in.
+    # (RAY_gcs_server_port_wait_time_s only shortens Ray's 20 retries of one second.)
+    env = cli_cluster.env(RAY_gcs_server_port_wait_time_s="2")
+    del env["RAY_AUTH_MODE"], env["RAY_AUTH_TOKEN"]
+    r = kiln("status", "--json", "--address", cli_cluster.address, env=env, timeout=90)
+    assert r.returncode == 1, _show(r)
+    message = _flat(r.stderr)
+    assert f"could not attach to the Ray cluster at {cli_cluster.address}" in message
+    assert "RAY_AUTH_MODE=token" in message and "RAY_AUTH_TOKEN" in message
+    assert r.stdout.strip() == ""
+
+
+@multinode
+def test_doctor_passes_every_check_on_a_healthy_cluster(cli_cluster):
+    r = cli_cluster.kiln("doctor", "--json", "--address", cli_cluster.address)
+    assert r.returncode == 0, _show(r)
+    report = json.loads(r.stdout)
+    assert report["ok"] is True
+    assert {n["name"] for n in report["nodes"]} == {"head1", "gpu2"}
+    for node in report["nodes"]:
+        (agent,) = node["agents"]
+        assert [(c["check"], c["ok"]) for c in agent["checks"]] == [
+            ("named-node", "yes"), ("fingerprint", "yes"), ("device", "yes")]
+    table = cli_cluster.kiln("doctor", "--address", cli_cluster.address)
+    assert table.returncode == 0, _show(table)
+    assert "all checks passed" in table.stdout and "FAILED" not in table.stdout
+
+
+@multinode
+def test_demo_runs_seed_000_on_both_nodes_and_seed_001_with_four_chains(cli_cluster):
+    r = cli_cluster.kiln("demo", "--json", "--address", cli_cluster.address, timeout=300)
+    assert r.returncode == 0, _show(r)
+    out = json.loads(r.stdout)
+
+    s0 = out["seed_000"]  # one dispatch per node of N(0, 1), then kiln.combine
+    assert sorted(n["node"] for n in s0["nodes"]) == ["gpu2", "head1"]
+    for n in s0["nodes"]:
+        assert (n["n"], n["device"]) == (200, "cpu")
+        assert 0 < n["total_s"] <= n["round_trip_s"]
+        # NUTS on a normal mixes at least as well as n/2 independent draws.
+        assert abs(n["mean"]) < 4 * n["sd"] / math.sqrt(n["n"] / 2)
+    both = s0["combined"]
+    assert both["n"] == 400
+    assert both["mean"] == pytest.approx(np.mean([n["mean"] for n in s0["nodes"]]), abs=1e-9)
+
+    s1 = out["seed_001"]
+    assert s1["node"] in ("head1", "gpu2")
+    assert len(s1["chains"]) == 4 and s1["n"] == 4 * 1000
+    exact = _seed_001_exact_means()
+    for var in ("mu", "sigma"):
+        pooled = s1["pooled"][var]
+        assert pooled["r_hat"] < 1.01
+        mcse = pooled["sd"] / math.sqrt(pooled["ess_bulk"])
+        assert abs(pooled["mean"] - exact[var]) < 4 * mcse, (var, pooled, exact[var])
+        chain_mcse = pooled["sd"] / math.sqrt(pooled["ess_bulk"] / 4)
+        for chain in s1["chains"]:
+            assert abs(chain[var] - exact[var]) < 4 * chain_mcse, (var, chain, exact[var])
+    assert abs(exact["mu"] - 2.25) < 0.01  # the data's mean, barely shrunk by the wide prior
+
+
+@multinode
+def test_doctor_exits_1_and_names_the_failed_check_of_a_node_without_a_kiln_name(cli_cluster):
+    cli_cluster.add_unnamed_node()
+    r = cli_cluster.kiln("doctor", "--json", "--address", cli_cluster.address)
+    assert r.returncode == 1, _show(r)
+    report = json.loads(r.stdout)
+    assert report["ok"] is False
+    by_name = {n["name"]: n for n in report["nodes"]}
+    assert by_name["head1"]["state"] == by_name["gpu2"]["state"] == "ready"
+    (unnamed,) = [n for name, n in by_name.items() if name.startswith("unnamed-")]
+    assert unnamed["state"] == "refused"
+    (agent,) = unnamed["agents"]
+    assert (agent["state"], agent["check"]) == ("refused", "named-node")
+    assert {c["check"]: c["ok"] for c in agent["checks"]}["named-node"] == "no"
+    assert "kiln join" in agent["reason"]  # says how to fix it
+
+    table = cli_cluster.kiln("doctor", "--address", cli_cluster.address)
+    assert table.returncode == 1, _show(table)
+    assert "FAILED" in table.stdout
+    assert f"{agent['name']}: the named-node check failed" in _flat(table.stdout)
+
+
+@multinode
+def test_down_stops_the_kiln_nodes_and_leaves_other_ray_alone(running_cli_cluster):
+    cluster = running_cli_cluster
+    # Another Ray on this machine, not started by kiln: `kiln down` must leave it running.
+    other = subprocess.run(
+        [RAY, "start", "--head", f"--port={_free_port()}", f"--ray-client-server-port={_free_port()}",
+         "--include-dashboard=false", "--num-cpus=0"],
+        env=cluster.env(head=True, tmp="other"), capture_output=True, text=True, timeout=120)
+    try:
+        assert other.returncode == 0, _show(other)
+        others = [p for p in _processes_with_env("RAY_TMPDIR", str(cluster.root / "other"))
+                  if p.name() in ("raylet", "gcs_server")]
+        assert len(others) == 2
+        kiln_nodes = [p for p in _processes_with_env("RAY_TMPDIR", str(cluster.root / "t"))
+                      if p.name() == "raylet" and "KILN_CLI_NODE" in p.environ()]
+        assert len(kiln_nodes) == 2
+        # And the in-process Ray of the other tests (conftest's embedded default), if one runs.
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            others += [p for p in psutil.Process().children(recursive=True)
+                       if p.name() in ("raylet", "gcs_server")]
+
+        r = cluster.kiln("down", timeout=120)
+        assert r.returncode == 0, _show(r)
+        assert "stopped kiln node(s) gpu2, head1" in _flat(r.stdout)
+        assert not [p for p in kiln_nodes if _alive(p)]
+        assert all(_alive(p) for p in others)
+
+        after = cluster.kiln("status", "--address", cluster.address, timeout=90)
+        assert after.returncode == 1 and "could not reach" in _flat(after.stderr), _show(after)
+    finally:
+        cluster.kill(tmp="other")
+        cluster.kill()
