@@ -127,7 +127,7 @@ def main() -> None:
         start, k, c, n, fixed = json.loads(args.load_args)
         print(json.dumps(asyncio.run(http_load(args.load, Texts(start), k, c, n, fixed))))
         return
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # tokenizer threads: as the agent sets them
     if args.model:
         env["KILN_EMBED_MODEL_DEFAULT"] = str(Path(args.model).resolve())
     os.environ.update(env)

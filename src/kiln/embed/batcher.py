@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from kiln.embed.models import Encoder
+from kiln.embed.models import Encoder, Tokens
 
 
 class Encoded(NamedTuple):
@@ -36,6 +36,7 @@ class _Item:
     encoder: Encoder
     texts: list[str]
     lengths: list[int]
+    tokens: Tokens | None = None
     done: threading.Event = field(default_factory=threading.Event)
     result: np.ndarray | None = None
     error: BaseException | None = None
@@ -63,8 +64,7 @@ class Batcher:
         """Encode ``texts`` with ``encoder``, batched with whatever else is waiting."""
         if not texts:
             return Encoded(np.zeros((0, encoder.dim), np.float32), [], [])
-        raw = encoder.lengths(texts)  # tokenised in the caller's thread, outside the device lock
-        item = _Item(encoder, list(texts), [min(n, encoder.max_length) for n in raw])
+        item, cut = _prepare(encoder, texts)
         with self._queue_lock:
             self._queue.append(item)
         while not item.done.is_set():
@@ -74,7 +74,6 @@ class Batcher:
                 self._run(self._take())
         if item.error is not None:
             raise item.error
-        cut = [n > encoder.max_length for n in raw]
         with self._queue_lock:
             self.truncated += sum(cut)
         return Encoded(item.result, item.lengths, cut)
@@ -124,8 +123,12 @@ class Batcher:
         encoder = batch[0].encoder
         texts = [t for item in batch for t in item.texts]
         longest = max(max(i.lengths) for i in batch)
+        tokens = [item.tokens for item in batch]
         try:
-            vectors = encoder.encode(texts, batch_size=max(1, self.token_budget // max(longest, 1)))
+            if all(t is not None for t in tokens):
+                vectors = encoder.encode_tokens(Tokens.concat(tokens))
+            else:
+                vectors = encoder.encode(texts, batch_size=max(1, self.token_budget // max(longest, 1)))
         except BaseException as err:
             for item in batch:
                 item.error = err
@@ -142,3 +145,16 @@ class Batcher:
         self.texts += len(texts)
         for item in batch:
             item.done.set()
+
+
+def _prepare(encoder: Encoder, texts: list[str]) -> tuple[_Item, list[bool]]:
+    """The queue item for ``texts`` and which of them get cut, tokenised in the caller's thread,
+    outside the device lock. An encoder with ``tokenize`` does it once and the device pass
+    reuses its ids; one with only ``lengths`` and ``encode`` tokenises again under the lock."""
+    tokenize = getattr(encoder, "tokenize", None)
+    if tokenize is not None:
+        tokens = tokenize(texts)
+        return _Item(encoder, list(texts), tokens.lengths.tolist(), tokens), tokens.truncated.tolist()
+    raw = encoder.lengths(texts)
+    return (_Item(encoder, list(texts), [min(n, encoder.max_length) for n in raw]),
+            [n > encoder.max_length for n in raw])
