@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from kiln.embed.batcher import Batcher  # noqa: E402
-from kiln.embed.models import Encoder, resolve  # noqa: E402
+from kiln.embed.encoder import Encoder  # noqa: E402
+from kiln.embed.models import resolve  # noqa: E402
 
 
 class Texts:

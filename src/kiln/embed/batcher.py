@@ -20,7 +20,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from kiln.embed.models import Encoder, Tokens
+from kiln.embed.encoder import Encoder
+from kiln.embed.tokens import Tokens
 
 
 class Encoded(NamedTuple):

@@ -18,7 +18,8 @@ import numpy as np
 
 from kiln.embed.batcher import Batcher
 from kiln.embed.cache import EmbeddingCache
-from kiln.embed.models import Encoder, resolve
+from kiln.embed.encoder import Encoder
+from kiln.embed.models import resolve
 from kiln.errors import EmbedInputError
 
 
