@@ -174,6 +174,12 @@ def main() -> None:
     kiln.embed(bulk, cache=False)
     results["kiln.embed/bulk"] = {"texts_per_s": round(args.bulk / (time.perf_counter() - t), 1),
                                   "texts": args.bulk, "agents": len(agents)}
+    for chunk in (2048, 8192):  # texts per agent call (kiln.embed's chunk=, default 512)
+        bulk = texts.take(args.bulk)
+        t = time.perf_counter()
+        kiln.embed(bulk, cache=False, chunk=chunk)
+        results[f"kiln.embed/bulk/chunk{chunk}"] = {
+            "texts_per_s": round(args.bulk / (time.perf_counter() - t), 1), "texts": args.bulk}
 
     print("HTTP gateway ...", flush=True)
     from kiln.serve.server import serve_in_background

@@ -61,6 +61,12 @@ def test_unknown_strategy_names_the_known_ones(embedded):
         embed(["a"], strategy="random")
 
 
+def test_a_chunk_that_is_not_a_positive_count_is_refused(embedded):
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(SpecError, match="chunk"):
+            embed(["a"], chunk=bad)
+
+
 def test_kiln_embed_is_callable_after_its_submodules_are_imported(embedded):
     import kiln.embed.worker  # binds the attribute kiln.embed to the package
 
