@@ -18,24 +18,13 @@ import time
 from pathlib import Path
 
 import arviz as az
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
-def scalars(samples: dict) -> dict:
-    out = {}
-    for k, v in samples.items():
-        v = np.asarray(v)
-        if v.ndim == 2:
-            out[k] = v
-        else:
-            for i in range(v.shape[2]):
-                out[f"{k}[{i + 1}]"] = v[:, :, i]
-    return out
-
-
 def measure(model: dict, chains: int, warmup: int, draws: int, target: float, repeats: int) -> dict:
+    from test_bayes_posteriordb import _stan_names
+
     from kiln.bayes import engine
 
     cache = engine.ProgramCache()
@@ -49,7 +38,7 @@ def measure(model: dict, chains: int, warmup: int, draws: int, target: float, re
         walls.append(time.perf_counter() - t)
     wall = statistics.median(walls)
     out = {"warm_s": wall, "device": r["device"], "params": {}}
-    for name, x in scalars(r["samples"]).items():
+    for name, x in _stan_names(r["samples"]).items():
         ess = float(az.ess(x))
         out["params"][name] = {"mean": float(x.mean()), "sd": float(x.std()), "ess_per_s": ess / wall,
                                "r_hat": float(az.rhat(x))}
@@ -64,10 +53,10 @@ def main() -> None:
     args = ap.parse_args()
     from test_bayes_posteriordb import CASES, _load
 
-    from kiln.bayes import HalfNormal, Model, Normal, engine
+    from kiln.bayes import engine
+    from kiln.bayes.examples import seed_001
 
-    seed = (Model().rv("mu", Normal(0.0, 10.0)).rv("sigma", HalfNormal(2.0))
-            .rv("y", Normal("mu", "sigma")).obs("y_obs", "y", [2.1, 2.5, 1.8, 2.3, 2.7, 1.9, 2.4, 2.2, 2.6, 2.0]))
+    seed = seed_001()
     build, target = CASES["eight_schools-eight_schools_noncentered"]
     data, reference = _load("eight_schools-eight_schools_noncentered")
     models = {"seed001": (seed.to_dict(), 500, 1000, 0.8), "eight_schools_nc": (build(data).to_dict(), 1000, 500, target)}

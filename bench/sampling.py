@@ -30,18 +30,14 @@ from typing import Any
 
 import numpy as np
 
-SEED_Y = np.array([2.1, 2.5, 1.8, 2.3, 2.7, 1.9, 2.4, 2.2, 2.6, 2.0])
+from kiln.bayes.examples import SEED_001_OBSERVATIONS, seed_001  # noqa: E402
+
+SEED_Y = np.array(SEED_001_OBSERVATIONS)
 WARMUP, DRAWS = 500, 1000
 
 
 def seed_model() -> Any:
-    from kiln.bayes import HalfNormal, Model, Normal
-
-    return (Model()
-            .rv("mu", Normal(0.0, 10.0))
-            .rv("sigma", HalfNormal(2.0))
-            .rv("y", Normal("mu", "sigma"))
-            .obs("y_obs", "y", SEED_Y))
+    return seed_001()
 
 
 def diagnostics(samples: dict[str, np.ndarray], seconds: float) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from kiln.bayes import (
     ref,
 )
 from kiln.bayes import sum as ksum
+from kiln.bayes.examples import SEED_001_OBSERVATIONS, seed_001
 from kiln.bayes.validate import validate
 from kiln.errors import (
     CycleError,
@@ -46,15 +47,8 @@ from kiln.errors import (
     UnknownReferenceError,
 )
 
-SEED_Y = [2.1, 2.5, 1.8, 2.3, 2.7, 1.9, 2.4, 2.2, 2.6, 2.0]
-
-
-def seed_model() -> Model:
-    return (Model()
-            .rv("mu", Normal(0.0, 10.0))
-            .rv("sigma", HalfNormal(2.0))
-            .rv("y", Normal("mu", "sigma"))
-            .obs("y_obs", "y", SEED_Y))
+SEED_Y = list(SEED_001_OBSERVATIONS)
+seed_model = seed_001
 
 
 def test_the_seed_model_is_plain_json():

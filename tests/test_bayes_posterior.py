@@ -10,26 +10,17 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from kiln.bayes import (  # noqa: E402
-    HalfNormal,
-    Model,
-    Normal,
     Posterior,
     engine,
     load,
     posterior_predictive,
     prior_predictive,
 )
+from kiln.bayes.examples import SEED_001_OBSERVATIONS, seed_001
 from kiln.bayes.posterior import from_result  # noqa: E402
 
-SEED_Y = [2.1, 2.5, 1.8, 2.3, 2.7, 1.9, 2.4, 2.2, 2.6, 2.0]
-
-
-def seed_model() -> Model:
-    return (Model()
-            .rv("mu", Normal(0.0, 10.0))
-            .rv("sigma", HalfNormal(2.0))
-            .rv("y", Normal("mu", "sigma"))
-            .obs("y_obs", "y", SEED_Y))
+SEED_Y = list(SEED_001_OBSERVATIONS)
+seed_model = seed_001
 
 
 @pytest.fixture(scope="module")

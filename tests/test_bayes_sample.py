@@ -11,18 +11,12 @@ import numpy as np
 import pytest
 
 import kiln
-from kiln.bayes import Custom, HalfNormal, Model, Normal, StudentT
+from kiln.bayes import Custom, Model, Normal, StudentT
+from kiln.bayes.examples import SEED_001_OBSERVATIONS, seed_001
 from kiln.errors import CallTimeoutError, SpecError, UnknownReferenceError
 
-SEED_Y = [2.1, 2.5, 1.8, 2.3, 2.7, 1.9, 2.4, 2.2, 2.6, 2.0]
-
-
-def seed_model() -> Model:
-    return (Model()
-            .rv("mu", Normal(0.0, 10.0))
-            .rv("sigma", HalfNormal(2.0))
-            .rv("y", Normal("mu", "sigma"))
-            .obs("y_obs", "y", SEED_Y))
+SEED_Y = list(SEED_001_OBSERVATIONS)
+seed_model = seed_001
 
 
 def test_a_bad_model_fails_on_the_driver_before_any_cluster_is_needed(no_cluster):

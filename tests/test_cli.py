@@ -29,7 +29,7 @@ import numpy as np
 import psutil
 import pytest
 
-from kiln.cli import SEED_001_OBS
+from kiln.bayes.examples import SEED_001_OBSERVATIONS as SEED_001_OBS
 
 BIN = Path(sys.executable).parent
 KILN = str(BIN / "kiln")

@@ -24,8 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import kiln  # noqa: E402
+from kiln.bayes.examples import SEED_001_OBSERVATIONS, seed_001  # noqa: E402
 
-SEED_Y = np.array([2.1, 2.5, 1.8, 2.3, 2.7, 1.9, 2.4, 2.2, 2.6, 2.0])
+SEED_Y = np.array(SEED_001_OBSERVATIONS)
 
 
 def _gpu_count() -> int:
@@ -43,10 +44,7 @@ def cluster():
 
 
 def seed_model():
-    from kiln.bayes import HalfNormal, Model, Normal
-
-    return (Model().rv("mu", Normal(0.0, 10.0)).rv("sigma", HalfNormal(2.0))
-            .rv("y", Normal("mu", "sigma")).obs("y_obs", "y", SEED_Y))
+    return seed_001()
 
 
 def reference_means() -> dict[str, float]:

@@ -31,7 +31,6 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="print the ray command i
 Block = Annotated[bool, typer.Option("--block", help="stay in the foreground; stopping kiln stops the node")]
 
 SEED_000_SPEC = {"dist": "normal", "mu": 0.0, "sigma": 1.0}
-SEED_001_OBS = [2.1, 2.5, 1.8, 2.3, 2.7, 1.9, 2.4, 2.2, 2.6, 2.0]
 
 # Set in the environment of the Ray processes that `kiln up` / `kiln join` start (every Ray process
 # of the node inherits it), so that `kiln down` stops those and leaves any other Ray alone.
@@ -93,14 +92,9 @@ def demo(address: Address = None, as_json: JsonOut = False,
 
 
 def _seed_001(kiln: Any, node: str, seed: int) -> dict[str, Any]:
-    from kiln.bayes import HalfNormal, Model, Normal
+    from kiln.bayes.examples import seed_001
 
-    model = (Model()
-             .rv("mu", Normal(0.0, 10.0))
-             .rv("sigma", HalfNormal(2.0))
-             .rv("y", Normal("mu", "sigma"))
-             .obs("y_obs", "y", SEED_001_OBS))
-    post = kiln.sample(model, chains=4, warmup=500, draws=1000, on=node, seed=seed, progress=False)
+    post = kiln.sample(seed_001(), chains=4, warmup=500, draws=1000, on=node, seed=seed, progress=False)
     summary = post.summary(round_to="none")
     return {
         "node": node,

@@ -1,0 +1,21 @@
+"""Seed 001's model as a kiln model: what `kiln demo`, the tests and the benchmarks sample.
+
+Ten observations, an unknown mean and spread: mu ~ Normal(0, 10), sigma ~ HalfNormal(2),
+y ~ Normal(mu, sigma). Its posterior means are about mu 2.25 and sigma 0.355.
+"""
+
+from __future__ import annotations
+
+from .distributions import HalfNormal, Normal
+from .model import Model
+
+SEED_001_OBSERVATIONS = (2.1, 2.5, 1.8, 2.3, 2.7, 1.9, 2.4, 2.2, 2.6, 2.0)
+
+
+def seed_001() -> Model:
+    """The seed's notebook model, built fresh (a Model is mutable)."""
+    return (Model()
+            .rv("mu", Normal(0.0, 10.0))
+            .rv("sigma", HalfNormal(2.0))
+            .rv("y", Normal("mu", "sigma"))
+            .obs("y_obs", "y", list(SEED_001_OBSERVATIONS)))
