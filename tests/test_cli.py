@@ -29,7 +29,7 @@ import numpy as np
 import psutil
 import pytest
 
-from kiln.bayes.examples import SEED_001_OBSERVATIONS as SEED_001_OBS
+from kiln.bayes.examples import seed_001_posterior_means
 
 BIN = Path(sys.executable).parent
 KILN = str(BIN / "kiln")
@@ -240,7 +240,7 @@ def test_demo_on_the_embedded_default_prints_seed_000_and_seed_001(scratch):
     assert "seed 001: 4 chains" in _flat(out)
     assert len(re.findall(r"^│ [1-4]\s+│ \d\.\d{3}\s+│ \d\.\d{3}\s+│$", out, re.MULTILINE)) == 4
     assert "Pooled posterior (4000 samples across 4 chains)" in out
-    exact = _seed_001_exact_means()
+    exact = seed_001_posterior_means()
     for var in ("mu", "sigma"):
         m = re.search(rf"{var}:\s+(\S+) ± (\S+)\s+\(r_hat (\S+), ess (\d+)\)", out)
         assert m, out
@@ -327,20 +327,6 @@ def running_cli_cluster(_cli_cluster):
     return _cli_cluster
 
 
-def _seed_001_exact_means() -> dict[str, float]:
-    """Posterior means of seed 001 (mu ~ N(0, 10), sigma ~ HalfNormal(2), y ~ N(mu, sigma)),
-    by quadrature on a grid, to compare the sampler with."""
-    y = np.asarray(SEED_001_OBS)
-    n, ybar, ss = len(y), y.mean(), ((y - y.mean()) ** 2).sum()
-    mu = np.linspace(ybar - 1.5, ybar + 1.5, 1501)[:, None]
-    sigma = np.linspace(1e-3, 3.0, 3000)[None, :]
-    logp = (-0.5 * (mu / 10.0) ** 2 - 0.5 * (sigma / 2.0) ** 2 - n * np.log(sigma)
-            - (n * (ybar - mu) ** 2 + ss) / (2 * sigma**2))
-    w = np.exp(logp - logp.max())
-    w /= w.sum()
-    return {"mu": float((w * mu).sum()), "sigma": float((w * sigma).sum())}
-
-
 @multinode
 def test_up_prints_the_join_command_and_how_to_pass_the_token(cli_cluster):
     assert f"kiln join {cli_cluster.address} --name gpu2" in cli_cluster.banner
@@ -414,7 +400,7 @@ def test_demo_runs_seed_000_on_both_nodes_and_seed_001_with_four_chains(cli_clus
     s1 = out["seed_001"]
     assert s1["node"] in ("head1", "gpu2")
     assert len(s1["chains"]) == 4 and s1["n"] == 4 * 1000
-    exact = _seed_001_exact_means()
+    exact = seed_001_posterior_means()
     for var in ("mu", "sigma"):
         pooled = s1["pooled"][var]
         assert pooled["r_hat"] < 1.01

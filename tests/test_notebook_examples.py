@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from nbclient import NotebookClient
 
+from kiln.bayes.examples import seed_001_posterior_means
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 OBSERVATIONS = np.array([2.1, 2.5, 1.8, 2.3, 2.7, 1.9, 2.4, 2.2, 2.6, 2.0])
 
@@ -63,19 +65,6 @@ print("KILN-CHECK " + json.dumps({
 """
 
 
-def reference_posterior_means() -> dict[str, float]:
-    """E[mu], E[sigma] for seed 001's model by quadrature on a fine grid (exact to ~1e-4)."""
-    mu = np.linspace(1.0, 3.5, 1201)[:, None]
-    sigma = np.linspace(0.01, 2.0, 1200)[None, :]
-    y = OBSERVATIONS
-    loglik = -len(y) * np.log(sigma) - (((y - y.mean()) ** 2).sum()
-                                         + len(y) * (y.mean() - mu) ** 2) / (2 * sigma**2)
-    logp = loglik - mu**2 / (2 * 10.0**2) - sigma**2 / (2 * 2.0**2)  # Normal(0,10), HalfNormal(2)
-    p = np.exp(logp - logp.max())
-    p /= p.sum()
-    return {"mu": float((p * mu).sum()), "sigma": float((p * sigma).sum())}
-
-
 def _text(cell) -> str:
     parts = []
     for out in cell.get("outputs", []):
@@ -120,7 +109,7 @@ def test_cluster_sampling_notebook_reproduces_seed_001(no_cluster):
     assert check["chains"] == 4
     assert check["chain_shapes"] == [[1000]] * 8
     assert check["pooled"] == [4000, 4000]
-    reference = reference_posterior_means()
+    reference = seed_001_posterior_means()
     assert reference["mu"] == pytest.approx(2.25, abs=0.01)
     assert reference["sigma"] == pytest.approx(0.355, abs=0.01)
     for v in ("mu", "sigma"):

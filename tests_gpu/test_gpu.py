@@ -24,9 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import kiln  # noqa: E402
-from kiln.bayes.examples import SEED_001_OBSERVATIONS, seed_001  # noqa: E402
-
-SEED_Y = np.array(SEED_001_OBSERVATIONS)
+from kiln.bayes.examples import (  # noqa: E402
+    seed_001,
+    seed_001_posterior_means,
+)
 
 
 def _gpu_count() -> int:
@@ -45,18 +46,6 @@ def cluster():
 
 def seed_model():
     return seed_001()
-
-
-def reference_means() -> dict[str, float]:
-    """E[mu], E[sigma] of seed 001's model by quadrature on a fine grid."""
-    mu = np.linspace(1.0, 3.5, 1201)[:, None]
-    sigma = np.linspace(0.01, 2.0, 1200)[None, :]
-    y = SEED_Y
-    loglik = -len(y) * np.log(sigma) - (((y - y.mean()) ** 2).sum()
-                                         + len(y) * (y.mean() - mu) ** 2) / (2 * sigma**2)
-    p = np.exp(loglik - mu**2 / 200 - sigma**2 / 8 - (loglik - mu**2 / 200 - sigma**2 / 8).max())
-    p /= p.sum()
-    return {"mu": float((p * mu).sum()), "sigma": float((p * sigma).sum())}
 
 
 def test_one_agent_per_gpu_passes_its_device_check_on_cuda(cluster):
@@ -111,7 +100,7 @@ def test_many_chains_run_on_the_gpu_and_match_the_reference(cluster, method):
     assert place["device"].startswith("gpu"), place
     assert len(post.chains) == 1024 and post["mu"].shape == (1024 * 1000,)
     assert not [w for w in post.warnings if "failed" in w], post.warnings[:3]
-    _check_against_reference(post, reference_means())
+    _check_against_reference(post, seed_001_posterior_means())
 
 
 def test_eight_schools_with_4096_chains_on_the_gpu_matches_posteriordb(cluster):
