@@ -108,13 +108,7 @@ class Distribution:
 
     def to_node(self) -> dict[str, Any]:
         """The JSON node; raises TypeError with the parameter's name when one is bad."""
-        out: dict[str, Any] = {"dist": self.name}
-        for k, v in self.params.items():
-            try:
-                out[k] = to_node(v)
-            except TypeError as e:
-                raise _FieldTypeError(k, str(e)) from None
-        return out
+        return {"dist": self.name, **_param_nodes(self.params)}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
@@ -127,6 +121,17 @@ class _FieldTypeError(TypeError):
     def __init__(self, field: str, message: str) -> None:
         self.field = field
         super().__init__(message)
+
+
+def _param_nodes(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Each parameter as a JSON node; a bad one raises _FieldTypeError naming its field."""
+    out = {}
+    for k, v in params.items():
+        try:
+            out[k] = to_node(v)
+        except TypeError as e:
+            raise _FieldTypeError(prefix + k, str(e)) from None
+    return out
 
 
 def _make(name: str) -> type[Distribution]:
@@ -176,13 +181,7 @@ class Censored(Distribution):
             base = self.base.to_node()
         except _FieldTypeError as e:
             raise _FieldTypeError("dist." + e.field, str(e)) from None
-        out = {"dist": "Censored", "base": base}
-        for k, v in self.params.items():
-            try:
-                out[k] = to_node(v)
-            except TypeError as e:
-                raise _FieldTypeError(k, str(e)) from None
-        return out
+        return {"dist": "Censored", "base": base, **_param_nodes(self.params)}
 
 
 class Mixture(Distribution):
@@ -232,14 +231,8 @@ class Custom(Distribution):
     def to_node(self) -> dict[str, Any]:
         if not callable(self.logp):
             raise _FieldTypeError("logp", f"{self.logp!r:.60} is not callable")
-        out: dict[str, Any] = {"dist": "Custom", "logp": {"pickle": pickle_fn(self.logp)},
-                               "support": self.support, "params": {}}
-        for k, v in self.params.items():
-            try:
-                out["params"][k] = to_node(v)
-            except TypeError as e:
-                raise _FieldTypeError(f"params.{k}", str(e)) from None
-        return out
+        return {"dist": "Custom", "logp": {"pickle": pickle_fn(self.logp)},
+                "support": self.support, "params": _param_nodes(self.params, prefix="params.")}
 
 
 def pickle_fn(fn: Any) -> str:
