@@ -160,6 +160,17 @@ def test_a_10_mb_text_and_invalid_json_are_refused_and_the_server_keeps_serving(
     assert client.post("/v1/embeddings", json={"input": "still serving"}).status_code == 200
 
 
+def test_a_curl_style_body_without_a_json_content_type_is_read_as_json(client):
+    # what `curl -s localhost:8000/infer -d '{...}'` sends: a form content type, a JSON body
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    r = client.post("/infer", content=b'{"texts": ["hello"], "model": "default"}', headers=form)
+    assert r.status_code == 200 and len(r.json()["embeddings"][0]) == 384
+    r = client.post("/v1/embeddings", content=b'{"input": ["hello"]}', headers=form)
+    assert r.status_code == 200 and r.json()["data"][0]["index"] == 0
+    r = client.post("/infer", content=b"texts=hello", headers=form)
+    assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_json"
+
+
 def test_an_api_key_is_required_when_configured(serve, tmp_path):
     key_file = tmp_path / "key"
     key_file.write_text("s3cret\n")

@@ -78,6 +78,29 @@ def _read_key(api_key: str | None, api_key_file: str | None) -> str | None:
     return api_key
 
 
+class _BodyIsJson:
+    """ASGI middleware: a POST body without a JSON content type is read as JSON.
+
+    Every endpoint takes JSON and none takes a form, but ``curl -d '{...}'``, the seed's and the
+    README's way to call the gateway, labels its body application/x-www-form-urlencoded, which
+    FastAPI would refuse with a 422 that names no real problem.
+    """
+
+    _JSON = (b"content-type", b"application/json")
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("method") == "POST":
+            headers = list(scope.get("headers") or [])
+            kind = dict(headers).get(b"content-type", b"").split(b";")[0].strip().lower()
+            if kind in (b"", b"application/x-www-form-urlencoded", b"text/plain"):
+                others = [(k, v) for k, v in headers if k != b"content-type"]
+                scope = {**scope, "headers": [*others, self._JSON]}
+        await self.app(scope, receive, send)
+
+
 class _BodyLimit:
     """ASGI middleware: a body over ``limit`` bytes gets 413 before the app parses it."""
 
@@ -157,6 +180,7 @@ def create_app(cluster: Any = _CURRENT, *, strategy: str = "round_robin",
     app.state.gateway = gateway
     app.state.metrics = metrics
     app.add_middleware(_BodyLimit, limit=limits.max_body_bytes)
+    app.add_middleware(_BodyIsJson)
     bearer = HTTPBearer(auto_error=False, description="the key in --api-key-file")
 
     # -- errors ------------------------------------------------------------------------------
