@@ -1,26 +1,36 @@
-"""The one place kiln meets Ray: connect, name nodes, start agents, call them.
+"""The one place kiln meets Ray (with agent.py): connect, name nodes, start agents, call them.
 
 Everything else in kiln calls the interface here (``current().agents(...)``,
-``AgentHandle.invoke/submit``, ``wait``), the way httpx keeps the network behind a transport,
-so a reader meets Ray's details in one file and the engine could be swapped.
+``AgentHandle.submit``, ``wait``) or the job runner built on it (``kiln._jobs``), the way httpx
+keeps the network behind a transport, so a reader meets Ray's details in one file and the
+engine could be swapped.
 
 Nodes are named by a Ray custom resource ``kiln-node:<name>`` (``kiln join --name gpu2`` sets
 it); agents are named actors ``kiln-agent:<node>:<device>`` pinned to their node.
+
+Agents belong to the cluster, not to a driver: they are detached actors that any driver or
+gateway reuses, restarted by Ray after a crash. ``shutdown()`` disconnects this driver and
+stops only an embedded Ray it started itself; ``shutdown(agents=True)`` (``kiln down``) is how
+an operator stops the agents.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 from ray.exceptions import (
+    ActorUnavailableError,
     GetTimeoutError,
     ObjectLostError,
+    OutOfMemoryError,
     RayActorError,
     RayError,
     RayTaskError,
@@ -30,10 +40,11 @@ from ray.exceptions import (
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from kiln import boundary, preflight
-from kiln.agent import Agent, agent_name
+from kiln.agent import CONCURRENCY_GROUPS, WORK_THREADS, Agent, agent_name
 from kiln.errors import (
     AgentLostError,
     CallTimeoutError,
+    CancelledError,
     ConnectError,
     KilnError,
     NoAgentsError,
@@ -43,24 +54,21 @@ from kiln.errors import (
 )
 
 NAMESPACE = "kiln"
-NODE_RESOURCE = "kiln-node:"
-NODE_LABEL = "kiln-node"
+NODE_RESOURCE = preflight.NODE_RESOURCE
+NODE_LABEL = preflight.NODE_LABEL
+node_name_of = preflight.node_name_of
 _LOST = (RayActorError, ObjectLostError, WorkerCrashedError)
+# One id per driver process: an agent records who created it, so a driver can tell the agents
+# it created from those it found (and reused) on the cluster.
+DRIVER_ID = uuid.uuid4().hex[:12]
+# How long a call path waits for a restarted agent to pass its checks again before it looks
+# elsewhere (a restart re-runs the start-up checks: imports and a device test, seconds).
+REACQUIRE_TIMEOUT_S = 30.0
 
 log = logging.getLogger("kiln")
 
 
 # -- node names --------------------------------------------------------------------------------
-def node_name_of(ray_node: dict[str, Any] | None) -> str | None:
-    """The kiln name a Ray node carries (custom resource or label), or None."""
-    if not ray_node:
-        return None
-    for key in (ray_node.get("Resources") or {}):
-        if key.startswith(NODE_RESOURCE):
-            return key[len(NODE_RESOURCE):]
-    return (ray_node.get("Labels") or {}).get(NODE_LABEL)
-
-
 def ray_node_of_current_process() -> dict[str, Any] | None:
     """Ray's record of the node this process runs on."""
     if not ray.is_initialized():
@@ -77,12 +85,13 @@ def default_node_name() -> str:
 
 # -- calls -------------------------------------------------------------------------------------
 class Call:
-    """A call in flight on an agent: ``result()``, ``cancel()``, ``done()``, or ``await`` it."""
+    """A job in flight on an agent: ``result()``, ``cancel()``, ``done()``, or ``await`` it."""
 
-    def __init__(self, handle: AgentHandle, ref: ray.ObjectRef, what: str) -> None:
+    def __init__(self, handle: AgentHandle, ref: ray.ObjectRef, what: str, job_id: str) -> None:
         self.handle = handle
         self.ref = ref
         self.what = what
+        self.job_id = job_id
 
     def result(self, timeout: float | None = None) -> Any:
         try:
@@ -91,15 +100,20 @@ class Call:
             self.cancel()
             raise CallTimeoutError(
                 f"{self.what} on {self.handle.name} ran past its timeout of {timeout} s; it was "
-                "cancelled and the agent stays usable. Raise timeout= for longer work.") from None
+                "cancelled on the agent, which stays usable. Raise timeout= for longer work."
+            ) from None
         except BaseException as err:
             raise _translate(err, self.handle, self.what) from None
 
     def cancel(self) -> None:
+        """Stop the job for real: drop it from the agent's queue, and tell the agent to stop it
+        if it runs (workers check between chunks; user code gets CancelledError raised)."""
+        self.handle.cancel([self.job_id])
         try:
             ray.cancel(self.ref)
-        except Exception:  # already finished or its agent already gone: nothing to cancel
+        except Exception:  # noqa: BLE001 - already finished, or its agent already gone
             pass
+        _drain(self.ref)
 
     def done(self) -> bool:
         ready, _ = ray.wait([self.ref], timeout=0)
@@ -128,12 +142,12 @@ def wait(calls: Sequence[Call], timeout: float | None = None, num_returns: int =
 def _translate(err: BaseException, handle: AgentHandle, what: str) -> BaseException:
     """Ray's error for a failed call -> the error a kiln user should see."""
     if isinstance(err, (TaskCancelledError,)):
-        return CallTimeoutError(f"{what} on {handle.name} was cancelled")
+        return CancelledError(f"{what} on {handle.name} was cancelled before it ran")
     if isinstance(err, RayTaskError):
         cause = getattr(err, "cause", None)
         remote_tb = getattr(err, "traceback_str", "") or str(err)
         if isinstance(cause, _LOST):
-            return AgentLostError(handle.name, str(cause).splitlines()[0] if str(cause) else "")
+            return AgentLostError(handle.name, _first_line(cause), node=handle.node)
         if isinstance(cause, BaseException) and not isinstance(cause, RayError):
             try:
                 cause.node = handle.node
@@ -147,11 +161,96 @@ def _translate(err: BaseException, handle: AgentHandle, what: str) -> BaseExcept
         first = str(err).strip().splitlines()
         return RemoteError(handle.node, type(cause).__name__ if cause else "Exception",
                            first[-1] if first else "", remote_tb)
+    if isinstance(err, OutOfMemoryError):
+        return AgentLostError(handle.name, "Ray's memory monitor killed it: its node ran out of "
+                              "memory (the job allocates more than the node has)", node=handle.node)
     if isinstance(err, _LOST):
-        return AgentLostError(handle.name, str(err).splitlines()[0] if str(err) else "")
+        return AgentLostError(handle.name, _first_line(err), node=handle.node)
     if isinstance(err, RayError):
-        return AgentLostError(handle.name, f"{type(err).__name__}: {err}")
+        return AgentLostError(handle.name, f"{type(err).__name__}: {_first_line(err)}",
+                              node=handle.node)
     return err
+
+
+def _when_back(send: Any, timeout: float) -> Any:
+    """``ray.get(send())``, sent again while the actor is restarting (Ray refuses calls to a
+    restarting actor at once rather than queue them, as kiln sets ``max_task_retries=0``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return ray.get(send(), timeout=max(0.1, deadline - time.monotonic()))
+        except ActorUnavailableError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
+# Refs of cancelled calls: read in the background so that Ray does not print their (expected)
+# errors as "unhandled" when they are dropped.
+_draining: list[Any] = []
+_drain_lock = threading.Lock()
+_drainer: threading.Thread | None = None
+
+
+def _drain(ref: Any) -> None:
+    global _drainer
+    with _drain_lock:
+        _draining.append(ref)
+        if _drainer is None or not _drainer.is_alive():
+            _drainer = threading.Thread(target=_drain_loop, name="kiln-drain", daemon=True)
+            _drainer.start()
+
+
+def _drain_loop() -> None:
+    while True:
+        with _drain_lock:
+            refs = list(_draining)
+        if not refs:
+            time.sleep(0.5)
+            continue
+        try:
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=0.5)
+        except Exception:  # noqa: BLE001 - Ray shut down: these refs are gone with it
+            with _drain_lock:
+                _draining.clear()
+            continue
+        for ref in done:
+            try:
+                ray.get(ref, timeout=0)
+            except Exception:  # noqa: BLE001 - the expected error of a cancelled call
+                pass
+        with _drain_lock:
+            for ref in done:
+                _draining.remove(ref)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [ln for ln in str(err).splitlines() if ln.strip()]
+    return lines[0].strip() if lines else type(err).__name__
+
+
+def progress_of(calls: Sequence[Call], timeout: float = 2.0) -> list[Any]:
+    """The progress each call's job last reported (None where none, or its agent is slow)."""
+    refs = [c.handle.actor.progress.remote(c.job_id) for c in calls]
+    if not refs:
+        return []
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    ready_set = set(ready)
+    out = []
+    for ref in refs:
+        try:
+            out.append(ray.get(ref) if ref in ready_set else None)
+        except RayError:
+            out.append(None)
+    return out
+
+
+async def settled(call: Call) -> None:
+    """Wait until ``call`` is done, successfully or not (``call.result()`` then says which)."""
+    try:
+        await call.ref
+    except BaseException:  # noqa: BLE001 - the outcome is read with call.result()
+        pass
 
 
 # -- agents and nodes -------------------------------------------------------------------------
@@ -165,24 +264,42 @@ class AgentHandle:
     node_id: str
     actor: Any = field(repr=False)
 
-    def submit(self, capability: str, op: str, payload: Any = None) -> Call:
-        """Start ``kiln.<capability>.worker.<op>(payload)`` on this agent; returns at once."""
+    def submit(self, capability: str, op: str, payload: Any = None, *,
+               job_id: str | None = None) -> Call:
+        """Start job ``op`` of ``capability`` on this agent; returns at once."""
         wire = boundary.to_wire(payload, root="payload")
-        return Call(self, self.actor.invoke.remote(capability, op, wire), f"{capability}.{op}")
+        job_id = job_id or uuid.uuid4().hex
+        ref = self.actor.run.remote(job_id, capability, op, wire)
+        return Call(self, ref, f"{capability}.{op}", job_id)
 
     def invoke(self, capability: str, op: str, payload: Any = None, *,
                timeout: float | None = None) -> Any:
-        """Run ``kiln.<capability>.worker.<op>(payload)`` on this agent and return its result."""
+        """Run job ``op`` of ``capability`` on this agent and return its result."""
         return self.submit(capability, op, payload).result(timeout=timeout)
+
+    def cancel(self, job_ids: list[str]) -> None:
+        """Ask the agent to stop these jobs (fire and forget: a lost agent stops them anyway)."""
+        try:
+            self.actor.cancel.remote(list(job_ids))
+        except Exception:  # noqa: BLE001 - the actor is gone: nothing runs there any more
+            pass
 
     def progress(self, key: str) -> Any:
         try:
             return ray.get(self.actor.progress.remote(key), timeout=5)
-        except Exception:
+        except Exception:  # noqa: BLE001 - progress is best effort; the job's result is not
             return None
 
     def info(self, timeout: float = 10) -> dict[str, Any]:
-        return Call(self, self.actor.info.remote(), "info").result(timeout=timeout)
+        return Call(self, self.actor.info.remote(), "info", "").result(timeout=timeout)
+
+    def death(self, timeout: float = 30.0) -> str:
+        """How this agent's last process died, asked of its restarted process ("" if unknown)."""
+        try:
+            record = _when_back(lambda: self.actor.last_death.remote(), timeout)
+        except Exception:  # noqa: BLE001 - not restarted in time, or its node is gone
+            return ""
+        return str(record.get("detail", "")) if record else ""
 
 
 @dataclass
@@ -236,7 +353,11 @@ class Node:
 
 
 class Cluster:
-    """A connected cluster: its nodes and their agents. Get it from ``kiln.connect()``."""
+    """A connected cluster: its nodes and their agents. Get it from ``kiln.connect()``.
+
+    Safe to use from several threads (the gateway refreshes it while requests read it): the
+    agent table is replaced under a lock, never mutated while someone iterates it.
+    """
 
     def __init__(self, address: str, owns_ray: bool, agent_env: dict[str, str] | None,
                  start_timeout: float) -> None:
@@ -247,15 +368,20 @@ class Cluster:
         self._start_timeout = start_timeout
         self._agents: dict[str, AgentRecord] = {}
         self._ray_nodes: list[dict[str, Any]] = []
+        self._lock = threading.RLock()
+        self._refreshing = threading.Lock()
 
     # -- public ---------------------------------------------------------------------------
     def nodes(self) -> list[Node]:
         """Every node with its name, address, GPUs, agents, fingerprint and state."""
-        self._ray_nodes = ray.nodes()
+        ray_nodes = ray.nodes()
+        with self._lock:
+            self._ray_nodes = ray_nodes
+            records = list(self._agents.values())
         out = []
-        for rn in self._ray_nodes:
+        for rn in ray_nodes:
             name = self._display_name(rn)
-            agents = [a for a in self._agents.values() if a.info.get("node_id") == rn["NodeID"]]
+            agents = [a for a in records if a.info.get("node_id") == rn["NodeID"]]
             fp = next((a.info.get("fingerprint") for a in agents if a.info.get("fingerprint")), {})
             gpus = [{"agent": a.name, "model": a.info.get("gpu", ""),
                      "memory_bytes": a.info.get("gpu_memory_bytes")}
@@ -267,9 +393,30 @@ class Cluster:
         return out
 
     def agents(self, on: str | Iterable[str] | None = None) -> list[AgentHandle]:
-        """Handles of the READY agents on the nodes named by ``on`` (None or "all": every node)."""
-        ready = [a for a in self._agents.values() if a.state == "ready" and a.handle]
+        """Handles of the READY agents on the nodes named by ``on`` (None or "all": every node).
+
+        When none of them is ready (an agent was lost, its node re-joined, an agent restarted
+        after a crash), the cluster is looked at again once; then a named node with no ready
+        agent raises ``NoAgentsError`` with the reasons, and ``on=None`` returns ``[]``.
+        """
+        try:
+            return self._ready(on)
+        except NoAgentsError:
+            self.refresh(timeout=REACQUIRE_TIMEOUT_S)
+        try:
+            return self._ready(on)
+        except NoAgentsError:
+            if on is None or on == "all":
+                return []
+            raise
+
+    def _ready(self, on: str | Iterable[str] | None) -> list[AgentHandle]:
+        with self._lock:
+            records = list(self._agents.values())
+        ready = [a for a in records if a.state == "ready" and a.handle]
         if on is None or on == "all":
+            if not ready:
+                raise NoAgentsError("no ready agent in the cluster; kiln doctor shows why")
             return [a.handle for a in ready]
         wanted = [on] if isinstance(on, str) else list(on)
         known = self.node_names()
@@ -279,29 +426,40 @@ class Cluster:
         chosen = [a.handle for a in ready if a.node in wanted]
         if not chosen:
             reasons = "; ".join(f"{a.name}: {a.state} {a.reason}".strip()
-                                for a in self._agents.values() if a.node in wanted)
+                                for a in records if a.node in wanted)
             raise NoAgentsError(f"no ready agent on {', '.join(wanted)}"
                                 + (f" ({reasons})" if reasons else ""))
         return chosen
 
     def node_names(self) -> list[str]:
-        names = {a.node for a in self._agents.values() if a.node and a.state != "lost"}
-        names |= {n for n in (node_name_of(rn) for rn in self._ray_nodes if rn.get("Alive")) if n}
+        with self._lock:
+            names = {a.node for a in self._agents.values() if a.node and a.state != "lost"}
+            names |= {n for n in (node_name_of(rn) for rn in self._ray_nodes if rn.get("Alive"))
+                      if n}
         return sorted(names)
 
-    def refresh(self) -> list[str]:
-        """Start agents on nodes that joined, forget agents whose node left. Returns new agents."""
-        self._ray_nodes = ray.nodes()
-        alive = {rn["NodeID"] for rn in self._ray_nodes if rn.get("Alive")}
-        for rec in self._agents.values():
-            if rec.state == "ready" and rec.info.get("node_id") not in alive:
-                rec.state, rec.reason = "lost", "its node left the cluster"
-        return self._start_agents()
+    def refresh(self, timeout: float | None = None) -> list[str]:
+        """Start agents on nodes that joined, take back agents that restarted, forget agents
+        whose node left. Returns the agents that became ready."""
+        with self._refreshing:  # one refresh at a time; the others wait for its answer
+            ray_nodes = ray.nodes()
+            alive = {rn["NodeID"] for rn in ray_nodes if rn.get("Alive")}
+            with self._lock:
+                self._ray_nodes = ray_nodes
+                for rec in self._agents.values():
+                    if rec.state == "ready" and rec.info.get("node_id") not in alive:
+                        rec.state, rec.reason = "lost", "its node left the cluster"
+            return self._start_agents(timeout)
+
+    def node_alive(self, node_id: str) -> bool:
+        """Whether Ray still counts the node alive (a dead agent on a live node is a crash)."""
+        return any(rn["NodeID"] == node_id and rn.get("Alive") for rn in ray.nodes())
 
     def mark_lost(self, handle: AgentHandle, reason: str = "lost during a call") -> None:
-        rec = self._agents.get(handle.name)
-        if rec is not None:
-            rec.state, rec.reason = "lost", reason
+        with self._lock:
+            rec = self._agents.get(handle.name)
+            if rec is not None and rec.handle is handle:
+                rec.state, rec.reason = "lost", reason
 
     def start_agent(self, node_id: str, device: str = "cpu", env: dict[str, str] | None = None,
                     replace: bool = False) -> AgentRecord:
@@ -323,28 +481,34 @@ class Cluster:
         return cluster_html(self.nodes())
 
     def __repr__(self) -> str:
-        ready = sum(a.state == "ready" for a in self._agents.values())
-        return f"<kiln.Cluster {self.address} nodes={len(self._ray_nodes)} ready_agents={ready}>"
+        with self._lock:
+            ready = sum(a.state == "ready" for a in self._agents.values())
+            nodes = len(self._ray_nodes)
+        return f"<kiln.Cluster {self.address} nodes={nodes} ready_agents={ready}>"
 
     # -- agents -----------------------------------------------------------------------------
     def _display_name(self, rn: dict[str, Any]) -> str:
         return node_name_of(rn) or f"unnamed-{rn['NodeID'][:8]}"
 
-    def _start_agents(self) -> list[str]:
+    def _start_agents(self, timeout: float | None = None) -> list[str]:
         wanted = []
-        have = {(a.info.get("node_id"), a.device) for a in self._agents.values()
-                if a.state in ("ready", "refused", "starting")}
-        for rn in self._ray_nodes:
+        with self._lock:
+            have = {(a.info.get("node_id"), a.device) for a in self._agents.values()
+                    if a.state in ("ready", "refused", "starting")}
+            ray_nodes = list(self._ray_nodes)
+        for rn in ray_nodes:
             if not rn.get("Alive"):
                 continue
             gpus = int((rn.get("Resources") or {}).get("GPU", 0))
             for device in [f"cuda:{i}" for i in range(gpus)] or ["cpu"]:
                 if (rn["NodeID"], device) not in have:
                     wanted.append((rn, device))
-        return [r.name for r in self._start(wanted)]
+        return [r.name for r in self._start(wanted, timeout=timeout) if r.state == "ready"]
 
     def _start(self, wanted: list[tuple[dict[str, Any], str]], env: dict[str, str] | None = None,
-               replace: bool = False) -> list[AgentRecord]:
+               replace: bool = False, timeout: float | None = None) -> list[AgentRecord]:
+        """Create (or find) every wanted agent at once, then wait for all their start-up checks
+        together: 32 agents start in about the time of one."""
         env = {**self._agent_env, **(env or {})}
         pending = []
         for rn, device in wanted:
@@ -354,65 +518,99 @@ class Cluster:
                 _kill_named(name)
             options = dict(
                 name=name, namespace=NAMESPACE, get_if_exists=True, num_cpus=0,
-                num_gpus=1 if device.startswith("cuda") else 0, max_restarts=0,
-                max_concurrency=64,  # threads: long runs, info and progress at once
+                num_gpus=1 if device.startswith("cuda") else 0,
+                # Ray restarts a crashed agent in place (same name, same handle); a job in
+                # flight then fails with AgentLostError and is never re-run silently by Ray.
+                max_restarts=-1, max_task_retries=0,
+                max_concurrency=WORK_THREADS,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(rn["NodeID"], soft=False),
             )
             if not self.owns_ray:
-                # Agents outlive this driver so the next one reuses their compiled caches.
+                # Agents belong to the cluster and outlive this driver: the next driver (and
+                # the gateway) reuse them and their compiled caches.
                 options["lifetime"] = "detached"
-            actor = ray.remote(Agent).options(**options).remote(
-                node, device, self.driver_fingerprint, env or None)
+            actor = _remote_agent().options(**options).remote(
+                node, device, self.driver_fingerprint, env or None, DRIVER_ID)
             pending.append((rn, node, device, name, actor))
         records = []
         refs = [actor.ready.remote(self.driver_fingerprint) for *_, actor in pending]
-        deadline = time.monotonic() + self._start_timeout
+        limit = self._start_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=limit)
         for (rn, node, device, name, actor), ref in zip(pending, refs, strict=True):
-            rec = AgentRecord(name=name, node=node, device=device, state="starting",
-                              started_here=True)
+            rec = AgentRecord(name=name, node=node, device=device, state="starting")
             try:
-                info = ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
+                try:
+                    info = ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
+                except ActorUnavailableError:  # restarting after a crash: wait for it
+                    info = _when_back(lambda a=actor: a.ready.remote(self.driver_fingerprint),
+                                      max(0.1, deadline - time.monotonic()))
                 info["node_id"] = rn["NodeID"]
                 rec.info, rec.state = info, info["state"]
                 rec.reason, rec.check = info.get("reason", ""), info.get("check", "")
-            except GetTimeoutError:
-                rec.state, rec.reason = "refused", (
-                    f"did not start within {self._start_timeout:.0f} s (is the node overloaded?)")
+                rec.started_here = info.get("creator") == DRIVER_ID
+            except (GetTimeoutError, ActorUnavailableError):
+                rec.state, rec.reason = "starting", (
+                    f"did not pass its start-up checks within {limit:.0f} s (restarting, or "
+                    "the node is overloaded?)")
                 rec.info = {"node_id": rn["NodeID"]}
             except RayError as err:
                 rec.state, rec.reason = "refused", f"failed to start: {str(err).splitlines()[0]}"
                 rec.info = {"node_id": rn["NodeID"]}
             if rec.state == "ready":
                 rec.handle = AgentHandle(name, node or "", device, rn["NodeID"], actor)
-            else:
+            elif rec.state == "refused":
                 # A refused agent must never get work, nor hold a GPU: stop it now.
                 _kill(actor)
                 log.warning("kiln: %s refused to start: %s", name, rec.reason)
-            self._agents[name] = rec
+            if rec.state == "starting":
+                rec.state = "lost"  # looked at again by the next refresh
+            with self._lock:
+                self._agents[name] = rec
             records.append(rec)
         return records
 
     def _shutdown_agents(self) -> None:
-        for rec in self._agents.values():
-            if rec.started_here and rec.handle is not None:
+        """Stop every agent this driver knows of (an operator's act: ``kiln down``)."""
+        with self._lock:
+            records = list(self._agents.values())
+            self._agents.clear()
+        for rec in records:
+            if rec.handle is not None:
                 _kill(rec.handle.actor)
-        self._agents.clear()
+            else:
+                _kill_named(rec.name, wait_s=0)
+
+
+_REMOTE_AGENT: Any = None
+
+
+def _remote_agent() -> Any:
+    # Ray takes concurrency groups only where the class is made remote, not in .options().
+    global _REMOTE_AGENT
+    if _REMOTE_AGENT is None:
+        _REMOTE_AGENT = ray.remote(concurrency_groups=CONCURRENCY_GROUPS,
+                                   max_concurrency=WORK_THREADS)(Agent)
+    return _REMOTE_AGENT
 
 
 def _kill(actor: Any) -> None:
     try:
         ray.kill(actor, no_restart=True)
-    except Exception:
+    except Exception:  # noqa: BLE001 - already gone
         pass
 
 
 def _kill_named(name: str, wait_s: float = 30.0) -> None:
     """Kill the named agent and wait until its name is free, so a new one can take it."""
     deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
+    while True:
         try:
             _kill(ray.get_actor(name, namespace=NAMESPACE))
         except ValueError:
+            return
+        if time.monotonic() >= deadline:
             return
         time.sleep(0.1)
 
@@ -514,15 +712,19 @@ def _connect_hint(address: str | None, err: BaseException, listening: bool = Tru
     return hint
 
 
-def shutdown(keep_agents: bool = False) -> None:
-    """Stop what ``connect`` started: its agents, and the local Ray if it started one."""
+def shutdown(agents: bool = False, *, keep_agents: bool | None = None) -> None:
+    """Disconnect this driver.
+
+    Agents belong to the cluster: other notebooks, scripts and the gateway use them, so they
+    keep running. Only what this driver started for itself alone stops: an embedded local Ray
+    (``kiln.connect()`` with no address) and everything in it. ``agents=True`` also stops every
+    agent of the cluster, the operator's ``kiln down``.
+    """
     global _current
+    del keep_agents  # the old name of the default: agents were killed unless it was True
     cluster, _current = _current, None
     if cluster is None:
         return
-    if cluster.owns_ray:
-        ray.shutdown()
-        return
-    if not keep_agents:
+    if agents and not cluster.owns_ray:
         cluster._shutdown_agents()
     ray.shutdown()

@@ -22,8 +22,10 @@ Each message says what happened, where (node, agent, path in the data) and what 
     │   ├── DataError
     │   └── DuplicateObservationError
     ├── SamplingError              sampling failed on an agent
-    ├── CallTimeoutError           a call ran past its timeout (it was cancelled)
+    ├── CancelledError             work stopped on its agent because its caller cancelled it
+    │   └── CallTimeoutError       a call ran past its deadline (it was cancelled)
     ├── AgentLostError             the agent (or its node) died during a call
+    │   └── PoisonJobError         a job killed the agents it ran on (names the item and signal)
     ├── RemoteError                an exception raised on a node, with its traceback
     ├── CodeError                  shipped code could not be loaded on a node
     ├── EmbedError                 embedding inference
@@ -180,16 +182,55 @@ class SamplingError(KilnError):
     """Sampling failed on an agent."""
 
 
-class CallTimeoutError(KilnError, TimeoutError):
-    """A call ran past its timeout; it was cancelled and the agent stays usable."""
+class CancelledError(KilnError):
+    """Work was stopped on its agent because its caller cancelled it (stop, timeout, retry).
+
+    Raised inside an agent by ``ctx.check_cancelled()`` (and by the sampler between chunks); the
+    device is free again once it propagates.
+    """
+
+
+class CallTimeoutError(CancelledError, TimeoutError):
+    """A call ran past its deadline; it was cancelled on its agent and the agent stays usable."""
 
 
 class AgentLostError(KilnError):
     """The agent, or its node, died during a call."""
 
-    def __init__(self, agent: str, detail: str = "") -> None:
+    def __init__(self, agent: str, detail: str = "", *, node: str | None = None,
+                 death: str = "") -> None:
         self.agent = agent
-        super().__init__(f"agent {agent} was lost" + (f": {detail}" if detail else ""))
+        self.node = node
+        self.detail = detail
+        self.death = death
+        text = f"agent {agent}" + (f" on node {node}" if node else "") + " was lost"
+        if death:
+            text += f"; its process was {death}" if death.startswith("killed") else f"; {death}"
+        super().__init__(text + (f" ({detail})" if detail else ""))
+
+    @property
+    def detail_known(self) -> bool:
+        return bool(self.death)
+
+    def with_death(self, death: str) -> AgentLostError:
+        """The same error, saying how the agent's process died (asked of its restart)."""
+        if not death:
+            return self
+        return AgentLostError(self.agent, self.detail, node=self.node, death=death)
+
+
+class PoisonJobError(AgentLostError):
+    """A job killed the agents it ran on (twice, their nodes up): it is not tried again."""
+
+    def __init__(self, job: str, nodes: list[str], death: str = "") -> None:
+        self.job = job
+        self.nodes = list(nodes)
+        KilnError.__init__(
+            self, f"{job} killed the agent it ran on {len(nodes)} times (on "
+            f"{', '.join(nodes)})" + (f"; the last was {death}" if death else "")
+            + ". It was not tried again: the code crashes its process (os.abort, a segfault in "
+            "native code, os._exit, or memory). The agents restart by themselves.")
+        self.agent, self.node, self.detail, self.death = "", nodes[-1] if nodes else None, "", death
 
 
 class RemoteError(KilnError):

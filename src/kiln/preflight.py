@@ -21,6 +21,21 @@ from kiln.errors import DeviceInitError, FingerprintMismatchError, UnnamedNodeEr
 
 OVERRIDE_ENV = "KILN_FINGERPRINT_OVERRIDE"
 
+# A node's kiln name travels as a Ray custom resource ``kiln-node:<name>`` (``kiln join --name``
+# sets it) or a node label: the named-node check reads it here, the cluster layer writes it.
+NODE_RESOURCE = "kiln-node:"
+NODE_LABEL = "kiln-node"
+
+
+def node_name_of(ray_node: dict[str, Any] | None) -> str | None:
+    """The kiln name a Ray node record (``ray.nodes()``) carries, or None."""
+    if not ray_node:
+        return None
+    for key in (ray_node.get("Resources") or {}):
+        if key.startswith(NODE_RESOURCE):
+            return key[len(NODE_RESOURCE):]
+    return (ray_node.get("Labels") or {}).get(NODE_LABEL)
+
 # Keys whose difference breaks a cluster: compiled programs, pickled code or results would not
 # mean the same thing on both sides.
 BREAKING_KEYS = (

@@ -12,13 +12,13 @@ import functools
 import itertools
 import math
 import sys
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from kiln import _jobs
 from kiln import cluster as _cluster
 from kiln.code.pickling import CodeBlob, ledger, pack_call, pack_code, pack_item, unpack
-from kiln.errors import AgentLostError, BoundaryError, KilnError, NoAgentsError, RemoteError
+from kiln.errors import AgentLostError, BoundaryError, NoAgentsError, RemoteError
 
 Nodes = str | Sequence[str] | None
 
@@ -32,15 +32,21 @@ _CHUNKS_PER_AGENT = 4
 _round_robin = itertools.count()
 
 
-def call(node: str | None, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
+def call(node: str | None, fn: Callable, /, *args: Any, timeout: float | None = None,
+         **kwargs: Any) -> Any:
     """Run ``fn(*args, **kwargs)`` on an agent of ``node`` and return its result.
 
     ``node`` is a node name (``"gpu1"``), a node and device (``"gpu1/cuda:1"``), or None for
     any ready agent. ``fn`` may be defined in the notebook: it ships by value. An exception
     raised remotely is re-raised here as the same type, with ``err.node`` and
     ``err.remote_traceback`` (``kiln.errors.RemoteError`` when the type cannot be rebuilt).
+    ``timeout`` (seconds) stops the call on the agent when it runs longer and raises
+    ``CallTimeoutError``; the agent stays usable. (``timeout`` is kiln's: to pass an argument
+    of that name to ``fn``, use ``functools.partial`` or ``kiln.remote``.) A call whose code
+    kills its agent (``os.abort()``, a segfault, ``os._exit``) raises ``AgentLostError`` saying
+    how the process died; the agent restarts by itself and the next call works.
     """
-    return _call(node, fn, args, kwargs, timeout=None)
+    return _call(node, fn, args, kwargs, timeout=timeout)
 
 
 def _call(node: str | None, fn: Callable, args: tuple, kwargs: dict,
@@ -49,27 +55,20 @@ def _call(node: str | None, fn: Callable, args: tuple, kwargs: dict,
     packed = pack_call(args, kwargs)  # BoundaryError here: nothing has been sent
     c = _cluster.current()
     handles = agents_for(c, node)
-    h = handles[next(_round_robin) % len(handles)]
-    for _ in range(2):
-        try:
-            response = h.invoke("code", "run", _payload(h, blob, [packed]), timeout=timeout)
-        except AgentLostError:
-            c.mark_lost(h)
-            ledger.forget(h)
-            raise
-        if "missing" in response:  # the agent restarted since we shipped: ship again
-            ledger.forget(h, blob.digest)
-            continue
-        if "error" in response:
-            raise_remote(response["error"], h, index=None)
-        return _unpack_result(response["results"][0], h)
-    raise KilnError(f"agent {h.name} did not keep the code for {blob.name}; "
-                    "it may be restarting: try again")
+    first = next(_round_robin) % len(handles)
+    job = _jobs.Job("code", "run", lambda h: _payload(h, blob, [packed]), f"call of {blob.name}",
+                    agents=handles[first:] + handles[:first])
+    # retries=0: a call is not assumed idempotent, and code that killed its agent once would
+    # most likely kill the next one too: the caller decides.
+    policy = _jobs.Policy(on=node, timeout=timeout, retries=0, what=f"kiln.call of {blob.name}",
+                          accept=_accept(blob, None), on_lost=ledger.forget)
+    response, h = _jobs.run([job], policy)[0]
+    return _unpack_result(response["results"][0], h)
 
 
 def map(fn: Callable, items: Iterable[Any], nodes: Nodes = "all", ordered: bool = True, *,
         chunksize: int | None = None, star: bool | None = None,
-        progress: bool = False) -> list[Any]:
+        progress: bool = False, timeout: float | None = None) -> list[Any]:
     """Run ``fn`` over ``items`` spread across the ready agents of ``nodes``; return the results.
 
     Each item is one call: a tuple item is spread as positional arguments (``fn(*item)``),
@@ -77,9 +76,11 @@ def map(fn: Callable, items: Iterable[Any], nodes: Nodes = "all", ordered: bool 
     in chunks (``chunksize``, default about four chunks per agent), each agent keeping two in
     flight. Nodes that joined since the last call are picked up (``Cluster.refresh``). When an
     agent or its node is lost, its unfinished chunks re-run on the other agents: every item
-    has exactly one result. ``ordered=False`` returns results in completion order.
-    The first item that raises stops the map and re-raises, naming the item.
-    ``progress=True`` prints a one-line text bar (items done per node) to stderr.
+    has exactly one result. A chunk that kills the agents it runs on twice (``os.abort()``, a
+    segfault) fails the map with ``PoisonJobError`` naming its items and how the agents died.
+    ``ordered=False`` returns results in completion order. The first item that raises stops
+    the map (the other chunks are cancelled) and re-raises, naming the item. ``timeout`` is
+    one deadline for the whole map. ``progress=True`` prints a text bar to stderr.
     """
     items = list(items)
     blob = pack_code(fn)
@@ -93,88 +94,53 @@ def map(fn: Callable, items: Iterable[Any], nodes: Nodes = "all", ordered: bool 
     size = chunksize or max(1, math.ceil(len(items) / (len(handles) * _CHUNKS_PER_AGENT)))
     chunks = [range(s, min(s + size, len(items))) for s in range(0, len(items), size)]
     _install(c, handles, blob)
-    live = [h for h in handles if ledger.holds(h, blob.digest)]
+    live = [h for h in handles if ledger.holds(h, blob.digest)] or handles
     bar = _Progress(blob.name, len(items)) if progress else None
+    order: list[int] = []
+
+    def done(k: int, h: Any, value: Any) -> None:
+        order.append(k)
+        if bar is not None:
+            bar.advance(h.node, len(chunks[k]))
+
+    jobs = [_jobs.Job("code", "run", _chunk_payload(blob, [packed[i] for i in chunk]),
+                      _label(chunk), agents=live)
+            for chunk in chunks]
+    policy = _jobs.Policy(on=None if nodes == "all" else nodes, timeout=timeout,
+                          retries=max(2, len(live)), per_agent=_PER_AGENT,
+                          what=f"kiln.map of {blob.name}", accept=_accept(blob, chunks),
+                          on_lost=ledger.forget, on_done=done)
     try:
-        return _Scheduler(c, nodes, blob, packed, chunks, live, bar).run(ordered)
+        answers = _jobs.run(jobs, policy)
     finally:
         if bar is not None:
             bar.close()
+    keys = range(len(chunks)) if ordered else order
+    return [_unpack_result(r, answers[k][1]) for k in keys for r in answers[k][0]["results"]]
 
 
-class _Scheduler:
-    """Hands chunks to agents as they free up; re-queues the chunks of a lost agent."""
+def _label(chunk: range) -> str:
+    return f"item {chunk[0]}" if len(chunk) == 1 else f"items {chunk[0]}-{chunk[-1]}"
 
-    def __init__(self, c: Any, nodes: Nodes, blob: CodeBlob, packed: list[dict],
-                 chunks: list[range], handles: list[Any], bar: _Progress | None) -> None:
-        self.c, self.nodes, self.blob, self.packed, self.bar = c, nodes, blob, packed, bar
-        self.chunks = chunks
-        self.live = list(handles)
-        self.queue = deque(range(len(chunks)))
-        self.inflight: dict[Any, tuple[Any, int]] = {}
-        self.load: dict[str, int] = {h.name: 0 for h in self.live}
-        self.results: dict[int, list[Any]] = {}
-        self.order: list[int] = []
 
-    def run(self, ordered: bool) -> list[Any]:
-        try:
-            while self.queue or self.inflight:
-                self._fill()
-                done, _ = _cluster.wait(list(self.inflight), num_returns=1)
-                for pending in done:
-                    self._collect(pending)
-        finally:
-            for pending in self.inflight:
-                pending.cancel()
-        keys = range(len(self.chunks)) if ordered else self.order
-        return [value for k in keys for value in self.results[k]]
+def _chunk_payload(blob: CodeBlob, calls: list[dict]) -> Callable[[Any], dict]:
+    return lambda h: _payload(h, blob, calls)
 
-    def _fill(self) -> None:
-        if not self.live and not self.inflight:
-            self._recover()
-        for h in itertools.cycle(list(self.live)):
-            if not self.queue or all(self.load[x.name] >= _PER_AGENT for x in self.live):
-                return
-            if self.load[h.name] < _PER_AGENT:
-                k = self.queue.popleft()
-                calls = [self.packed[i] for i in self.chunks[k]]
-                self.inflight[h.submit("code", "run", _payload(h, self.blob, calls))] = (h, k)
-                self.load[h.name] += 1
 
-    def _recover(self) -> None:
-        # every agent we had is gone: look again for the nodes' agents before giving up
-        self.c.refresh()
-        try:
-            found = agents_for(self.c, self.nodes)
-        except KilnError as err:  # NoAgentsError, or UnknownNodeError once the node left
-            raise NoAgentsError(f"map lost every agent with {len(self.queue)} chunk(s) left "
-                                f"and found no other: {err}") from err
-        self.live = found
-        for h in found:
-            self.load.setdefault(h.name, 0)
-
-    def _collect(self, pending: Any) -> None:
-        h, k = self.inflight.pop(pending)
-        self.load[h.name] -= 1
-        try:
-            response = pending.result()
-        except AgentLostError:
-            self.c.mark_lost(h)
-            ledger.forget(h)
-            self.live = [x for x in self.live if x.name != h.name]
-            self.queue.appendleft(k)
-            return
-        if "missing" in response:
-            ledger.forget(h, self.blob.digest)
-            self.queue.appendleft(k)
-            return
+def _accept(blob: CodeBlob, chunks: list[range] | None) -> Callable[[int, Any, dict], Any]:
+    """The runner's view of a ``code.run`` answer: ship again, raise the remote error, or
+    keep (response, agent)."""
+    def accept(k: int, h: Any, response: dict) -> Any:
+        if "missing" in response:  # the agent restarted since we shipped: ship again, same agent
+            ledger.forget(h, blob.digest)
+            return _jobs.RETRY_HERE
         if "error" in response:
-            index = None if response["index"] is None else self.chunks[k][response["index"]]
+            index = None
+            if chunks is not None and response.get("index") is not None:
+                index = chunks[k][response["index"]]
             raise_remote(response["error"], h, index=index)
-        self.results[k] = [_unpack_result(r, h) for r in response["results"]]
-        self.order.append(k)
-        if self.bar is not None:
-            self.bar.advance(h.node, len(self.chunks[k]))
+        return response, h
+    return accept
 
 
 class _Progress:

@@ -29,6 +29,10 @@ import cloudpickle
 from kiln import errors
 from kiln.code import context, introspect, pickling
 
+OPS = ("install", "have", "run", "inspect", "modules")  # the jobs an agent may run
+# Shipped code checks no cancel flag: the agent raises CancelledError in its thread instead.
+HARD_CANCEL = True
+
 # Shipped functions kept per agent; an old entry evicted is shipped again on demand.
 _MAX_CODE = 512
 
@@ -92,12 +96,22 @@ def run(state: State, payload: dict, ctx: Any) -> dict:
     results = []
     for i, packed in enumerate(payload["calls"]):
         try:
+            ctx.check_cancelled()
             args, kwargs = pickling.unpack_call(packed)
             with context.running(ctx):
                 value = fn(*args, **kwargs)
             # code only this node has (a module on its own path) goes back by value too
             pickling.register_local_modules()
             results.append(pickling.pack(value, "result"))
+        except errors.CancelledError:
+            raise  # the caller stopped the job: not the function's error
+        except SystemExit as exc:
+            err = errors.RemoteError(
+                ctx.node, "SystemExit", f"the function called sys.exit({exc.code!r}); an agent "
+                "does not exit for one call's code: return or raise instead", "")
+            with state.lock:
+                state.errors += 1
+            return {"error": _pack_error(err), "index": i, "results": results}
         except Exception as err:
             with state.lock:
                 state.errors += 1

@@ -9,14 +9,13 @@ request itself (bad texts, a model that is not on the node) are raised at once.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from kiln import _jobs
 from kiln.errors import (
-    AgentLostError,
     BoundaryError,
     EmbedError,
     EmbedInputError,
@@ -86,42 +85,15 @@ def embed(texts: str | Sequence[str], model: str = "default", strategy: str | No
     elif isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise SpecError("chunk", f"a positive number of texts per call, got {chunk!r}")
     groups = plan(items, agents, router, chunk) or [([], router.order(agents))]
-    results: list[dict[str, Any] | None] = [None] * len(groups)
-    tries = [0] * len(groups)
-    inflight: dict[Any, tuple[int, Any, float]] = {}  # call -> (group, agent, deadline)
-    failed: set[str] = set()
-
-    def send(g: int) -> None:
-        indices, order = groups[g]
-        agent = next((a for a in order if a.name not in failed), order[tries[g] % len(order)])
-        tries[g] += 1
-        router.started(agent)
-        call = agent.submit("embed", "encode", {"texts": [items[i] for i in indices],
-                                                "model": model, "cache": cache})
-        inflight[call] = (g, agent, time.monotonic() + timeout)
-
-    for g in range(len(groups)):
-        send(g)
-    while inflight:
-        now = time.monotonic()
-        nearest = min(d for _, _, d in inflight.values())
-        done, _ = _cluster.wait(list(inflight), timeout=max(0.0, nearest - now))
-        expired = [c_ for c_, (_, _, d) in inflight.items() if d <= time.monotonic() and c_ not in done]
-        for call in done + expired:
-            g, agent, _ = inflight.pop(call)
-            router.finished(agent)
-            try:
-                results[g] = call.result(timeout=0 if call in expired else None)
-                continue
-            except BaseException as err:
-                if not is_retryable(err) or tries[g] > retries:
-                    for other in inflight:
-                        other.cancel()
-                    raise
-                failed.add(agent.name)
-                if isinstance(err, AgentLostError):
-                    c.mark_lost(agent)
-            send(g)
+    jobs = [_jobs.Job("embed", "encode",
+                      {"texts": [items[i] for i in indices], "model": model, "cache": cache},
+                      f"texts {indices[0]}-{indices[-1]}" if indices else "no texts",
+                      agents=order)
+            for indices, order in groups]
+    policy = _jobs.Policy(on=on, timeout=timeout, retries=retries, retryable=is_retryable,
+                          on_start=lambda i, h: router.started(h),
+                          on_end=lambda i, h: router.finished(h), what="kiln.embed")
+    results = _jobs.run(jobs, policy)
     return _assemble(len(items), groups, results)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -22,6 +23,11 @@ import numpy as np
 
 from kiln.embed.encoder import Encoder
 from kiln.embed.tokens import Tokens
+from kiln.errors import CancelledError
+
+
+def _never() -> bool:
+    return False
 
 
 class Encoded(NamedTuple):
@@ -38,6 +44,7 @@ class _Item:
     texts: list[str]
     lengths: list[int]
     tokens: Tokens | None = None
+    cancelled: Callable[[], bool] = _never
     done: threading.Event = field(default_factory=threading.Event)
     result: np.ndarray | None = None
     error: BaseException | None = None
@@ -60,12 +67,19 @@ class Batcher:
         self.max_requests_per_batch = 0
         self.texts = 0
         self.truncated = 0
+        self.dropped = 0            # requests cancelled by their caller before their pass ran
 
-    def encode(self, encoder: Encoder, texts: list[str]) -> Encoded:
-        """Encode ``texts`` with ``encoder``, batched with whatever else is waiting."""
+    def encode(self, encoder: Encoder, texts: list[str],
+               cancelled: Callable[[], bool] = _never) -> Encoded:
+        """Encode ``texts`` with ``encoder``, batched with whatever else is waiting.
+
+        ``cancelled`` is the caller's flag: a request whose caller gave up (timeout, a retry
+        elsewhere) is dropped before its pass runs and raises ``CancelledError``.
+        """
         if not texts:
             return Encoded(np.zeros((0, encoder.dim), np.float32), [], [])
         item, cut = _prepare(encoder, texts)
+        item.cancelled = cancelled
         with self._queue_lock:
             self._queue.append(item)
         while not item.done.is_set():
@@ -88,6 +102,7 @@ class Batcher:
                 "merged_batches": self.merged_batches,
                 "max_requests_per_batch": self.max_requests_per_batch,
                 "texts": self.texts, "truncated": self.truncated, "waiting": self.depth(),
+                "dropped": self.dropped,
                 "token_budget": self.token_budget}
 
     # -- inside the device lock ------------------------------------------------------------
@@ -103,6 +118,11 @@ class Batcher:
             keep: deque[_Item] = deque()
             while self._queue:
                 item = self._queue.popleft()
+                if item.cancelled():
+                    item.error = CancelledError("the request was cancelled before its pass ran")
+                    item.done.set()
+                    self.dropped += 1
+                    continue
                 if not batch:
                     batch.append(item)  # the oldest always runs, even when alone it is over budget
                 elif item.encoder is batch[0].encoder and self._cost(batch + [item]) <= self.token_budget:

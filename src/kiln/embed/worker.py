@@ -22,6 +22,12 @@ from kiln.embed.encoder import Encoder
 from kiln.embed.models import resolve
 from kiln.errors import EmbedInputError
 
+OPS = ("encode",)  # the jobs an agent may run (kiln._protocol)
+
+
+def _never() -> bool:
+    return False
+
 
 def _env_int(key: str, default: int) -> int:
     value = os.environ.get(key)
@@ -115,7 +121,7 @@ def encode(state: State, payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
         tokens[where], cut[where] = entry.tokens, entry.truncated
         cached += len(where)
     if missing:
-        fresh = state.batcher.encode(enc, missing)
+        fresh = state.batcher.encode(enc, missing, cancelled=getattr(ctx, "cancelled", None) or _never)
         for j, text in enumerate(missing):
             where = positions[text]
             vectors[where] = fresh.vectors[j]
