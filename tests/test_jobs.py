@@ -189,3 +189,26 @@ def test_the_cluster_object_is_safe_from_several_threads(embedded):
     stop.set()
     r.join(60)
     assert failures == []
+
+
+def hoard(step_mb):
+    kept = []
+    while True:                      # allocates without bound
+        kept.append(bytearray(step_mb * 2**20))
+        time.sleep(0.005)
+
+
+@pytest.mark.slow
+def test_code_that_allocates_without_bound_is_stopped_and_the_agent_survives(no_cluster):
+    cluster = kiln.connect(name="local", agent_env={"KILN_AGENT_MEMORY_LIMIT_MB": "1500"})
+    try:
+        pid = cluster.agents()[0].info()["pid"]
+        with pytest.raises(MemoryError, match="memory passed the agent's limit") as err:
+            kiln.call("local", hoard, 20)
+        assert "local" in "".join(getattr(err.value, "__notes__", []))
+        info = cluster.agents()[0].info()
+        assert info["pid"] == pid and info["memory"]["jobs_stopped"] >= 1
+        assert info["memory"]["rss_bytes"] < 1500 * 2**20   # what it took was given back
+        assert kiln.call("local", spin, 0.01) > 0
+    finally:
+        kiln.shutdown()

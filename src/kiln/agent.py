@@ -41,7 +41,14 @@ import ray
 from kiln import preflight
 from kiln._protocol import CAPABILITIES, AgentContext, JobContext
 from kiln.boundary import to_wire
-from kiln.errors import CancelledError, KilnError, PreflightError, RemoteError, SpecError
+from kiln.errors import (
+    AgentMemoryError,
+    CancelledError,
+    KilnError,
+    PreflightError,
+    RemoteError,
+    SpecError,
+)
 
 WORK_THREADS = 64          # jobs at once: long runs beside many small embedding requests
 CONTROL_THREADS = 8        # cancel / progress / info / ready: never queued behind jobs
@@ -49,6 +56,21 @@ CONCURRENCY_GROUPS = {"control": CONTROL_THREADS}
 HARD_CANCEL_AFTER_S = 1.0  # a cancelled job of user code gets CancelledError raised after this
 STUCK_AFTER_S = 30.0       # ... and counts as stuck if it still runs this long after its cancel
 _EARLY_CANCELS = 4096      # cancels that arrived before their job: remembered, bounded
+
+
+def _memory_limit() -> int:
+    """Bytes of resident memory past which the agent stops the user code running in it."""
+    mb = os.environ.get("KILN_AGENT_MEMORY_LIMIT_MB")
+    if mb:
+        return int(float(mb) * 2**20)
+    import psutil
+
+    return int(0.8 * psutil.virtual_memory().total)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 # Set before jax or torch is imported in the agent: JAX would otherwise take 75% of the GPU at
 # its first computation, leaving nothing for the encoders that share the device.
@@ -108,6 +130,8 @@ class Agent:
         self.jobs_cancelled = 0
         self.last_cancel_s: float | None = None  # from a cancel to its job's end, the last time
         self.previous_death = _record_deaths(self.name)
+        self.memory_limit = _memory_limit()
+        self.memory_stops = 0
         self._preflight(driver_fingerprint)
         threading.Thread(target=self._watch, name="kiln-agent-watchdog", daemon=True).start()
 
@@ -266,6 +290,7 @@ class Agent:
     def _watch(self) -> None:
         while True:
             time.sleep(0.25)
+            self._watch_memory()
             now = time.monotonic()
             with self._jobs_lock:
                 overdue = [(jid, j) for jid, j in self._jobs.items() if j.cancelled_at is not None]
@@ -286,6 +311,22 @@ class Agent:
                             f"{WORK_THREADS} work threads ran cancelled jobs that never stopped")
                 os._exit(70)
 
+    def _watch_memory(self) -> None:
+        """User code that allocates without bound is stopped before the OOM killer (or Ray's
+        memory monitor) takes the whole agent, and everyone's work on it, down."""
+        try:
+            if _rss() < self.memory_limit:
+                return
+        except OSError:
+            return
+        with self._jobs_lock:
+            running = [j for j in self._jobs.values() if getattr(
+                importlib.import_module(CAPABILITIES[j.capability]), "HARD_CANCEL", False)]
+        for job in running:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(job.thread), ctypes.py_object(AgentMemoryError))
+            self.memory_stops += 1
+
     def _describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "name": self.name,
@@ -305,6 +346,8 @@ class Agent:
                      "cancelled": self.jobs_cancelled, "last_cancel_s": self.last_cancel_s,
                      "progress_keys": len(self.ctx._progress)},
             "restarted": bool(self.previous_death),
+            "memory": {"rss_bytes": _rss(), "limit_bytes": self.memory_limit,
+                       "jobs_stopped": self.memory_stops},
             "capabilities": sorted(self._states),
         }
         if self.refusal is None:

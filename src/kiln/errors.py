@@ -28,6 +28,7 @@ Each message says what happened, where (node, agent, path in the data) and what 
     │   └── PoisonJobError         a job killed the agents it ran on (names the item and signal)
     ├── RemoteError                an exception raised on a node, with its traceback
     ├── CodeError                  shipped code could not be loaded on a node
+    ├── AgentMemoryError           a job took the agent past its memory limit (it was stopped)
     ├── EmbedError                 embedding inference
     │   ├── ModelNotAvailableError a model that is not available offline
     │   └── EmbedInputError        bad texts
@@ -258,6 +259,23 @@ class CodeError(KilnError):
 
     def __reduce__(self):
         return (type(self), self._init_args)
+
+
+class AgentMemoryError(KilnError, MemoryError):
+    """A job took its agent past the agent's memory limit; it was stopped, the agent lives.
+
+    Raised inside the job's thread by the agent's watchdog (so it is made with no arguments).
+    """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or (
+            "the job was stopped: its agent's memory passed the agent's limit "
+            "(KILN_AGENT_MEMORY_LIMIT_MB, default 80% of the node's memory) while it ran. The "
+            "agent and the node keep running; use less memory per call, or split the work."))
+
+    def __reduce__(self):
+        # MemoryError forbids the bare __new__ that KilnError's rebuild uses
+        return type(self), (str(self),)
 
 
 class EmbedError(KilnError):
