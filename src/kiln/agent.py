@@ -85,7 +85,19 @@ _AGENT_ENV = {
 
 
 def agent_name(node: str, device: str) -> str:
+    """``kiln-agent:<node>:gpu<i>`` for the node's i-th GPU, ``kiln-agent:<node>:cpu`` else."""
+    if device.startswith("cuda:"):
+        device = "gpu" + device.split(":", 1)[1]
     return f"kiln-agent:{node}:{device}"
+
+
+def local_device(device: str) -> str:
+    """The device as the agent's own process sees it. Ray pins a GPU agent to its GPU with
+    CUDA_VISIBLE_DEVICES, so the node's second GPU (``cuda:1``) is ``cuda:0`` in its agent."""
+    if device.startswith("cuda") and len(
+            [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]) == 1:
+        return "cuda:0"
+    return device
 
 
 class _Job:
@@ -112,7 +124,8 @@ class Agent:
                 os.environ.setdefault(key, value)
         self.name = agent_name(node or "(unnamed)", device)
         self.node = node
-        self.device = device
+        self.slot = device                    # the node's view: cuda:1 is its second GPU
+        self.device = local_device(device)    # this process's view of the same GPU
         self.creator = creator
         self.started = time.time()
         self.refusal: PreflightError | None = None
@@ -331,7 +344,9 @@ class Agent:
         out: dict[str, Any] = {
             "name": self.name,
             "node": self.node,
-            "device": self.device,
+            "device": self.slot,
+            "local_device": self.device,
+            "visible_gpus": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
             "device_description": self.device_description,
             "state": "refused" if self.refusal else "ready",
             "reason": str(self.refusal) if self.refusal else "",
