@@ -110,7 +110,7 @@ def encode(state: State, payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
     positions: dict[str, list[int]] = {}
     for i, text in enumerate(texts):
         positions.setdefault(text, []).append(i)
-    cached = 0
+    hit = np.zeros(n, dtype=bool)
     missing: list[str] = []
     for text, where in positions.items():
         entry = state.cache.get(key, text) if use_cache else None
@@ -118,8 +118,7 @@ def encode(state: State, payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
             missing.append(text)
             continue
         vectors[where] = entry.vector
-        tokens[where], cut[where] = entry.tokens, entry.truncated
-        cached += len(where)
+        tokens[where], cut[where], hit[where] = entry.tokens, entry.truncated, True
     if missing:
         fresh = state.batcher.encode(enc, missing, cancelled=getattr(ctx, "cancelled", None) or _never)
         for j, text in enumerate(missing):
@@ -129,9 +128,13 @@ def encode(state: State, payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
             if use_cache:
                 state.cache.put(key, text, fresh.vectors[j], fresh.tokens[j], fresh.truncated[j])
     state.requests += 1
-    return {"embeddings": vectors, "cached": cached, "truncated": int(cut.sum()),
-            "tokens": int(tokens.sum()), "node": getattr(ctx, "node", ""),
-            "device": getattr(ctx, "device", state.device), "model": model, "dim": enc.dim}
+    out = {"embeddings": vectors, "cached": int(hit.sum()), "truncated": int(cut.sum()),
+           "tokens": int(tokens.sum()), "node": getattr(ctx, "node", ""),
+           "device": getattr(ctx, "device", state.device), "model": model, "dim": enc.dim}
+    if payload.get("per_text"):
+        # one call carrying many clients' texts (the gateway's coalescer): each client's counts
+        out["per_text"] = {"cached": hit, "tokens": tokens, "truncated": cut}
+    return out
 
 
 def info(state: State) -> dict[str, Any]:
