@@ -16,8 +16,9 @@ import types
 from typing import Any
 
 from kiln.embed.api import embed
+from kiln.embed.local import LocalEncoder
 
-__all__ = ["embed"]
+__all__ = ["LocalEncoder", "embed"]
 
 
 class _CallableModule(types.ModuleType):

@@ -1,6 +1,6 @@
 """``kiln.embed``: texts in, a numpy array out, encoded on the cluster's agents.
 
-The texts are split by the routing strategy (``kiln.serve.routing``), sent to agents in
+The texts are split by the routing strategy (``kiln._routing``), sent to agents in
 parallel, and put back in input order. An agent that dies or runs past ``timeout`` gives its
 texts to the next agent in the strategy's order (at most ``retries`` times); errors in the
 request itself (bad texts, a model that is not on the node) are raised at once.
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from kiln import _jobs
+from kiln._routing import Router, make_router, plan
 from kiln.errors import (
     BoundaryError,
     EmbedError,
@@ -22,7 +23,6 @@ from kiln.errors import (
     NoAgentsError,
     SpecError,
 )
-from kiln.serve.routing import Router, make_router, plan
 
 _FATAL = (EmbedError, BoundaryError, SpecError)
 # Texts per agent call. Measured on an H200 (bench/results/embed-h200.json), 50k texts: 512 a
