@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from kiln._routing import ConsistentHash, LeastLoaded, RoundRobin, make_router, plan
 from kiln.errors import SpecError
-from kiln.serve.routing import ConsistentHash, LeastLoaded, RoundRobin, make_router, plan
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,7 @@ class _Run:
         self.inflight: dict[Any, Attempt] = {}   # call -> attempt
         self.load: dict[str, int] = {}
         self.exclusive: set[str] = set()         # agents running a suspect job alone
+        self.lost: set[int] = set()              # id() of handles seen lost in this run
         self.t0 = time.monotonic()
         self.deadline = None if policy.timeout is None else self.t0 + policy.timeout
         self.last_progress = 0.0
@@ -138,18 +139,23 @@ class _Run:
         return found
 
     def _candidates(self, i: int) -> list[Any]:
+        """The agents job ``i`` may go to: its preferred ones, else any ready one; never a
+        handle this run saw lost (a restarted agent comes back as a new handle)."""
         preferred = self.jobs[i].agents
-        pool = list(preferred) if preferred is not None else list(self.agents)
-        live = {h.name for h in self.agents} if self.agents else None
-        if live is not None and preferred is not None:
-            pool = [h for h in pool if h.name in live] or pool
-        return pool
+        for pool in (preferred or [], self.agents):
+            usable = [h for h in pool if id(h) not in self.lost]
+            if usable:
+                return usable
+        return []
 
     def _pick(self, i: int) -> Any | None:
         pool = self._candidates(i)
         if not pool:
-            self.agents = self._look_for_agents()
+            self.agents = self._look_for_agents()  # waits for restarted agents, or raises
             pool = self._candidates(i)
+            if not pool:
+                raise NoAgentsError(f"{self.policy.what}: every agent of "
+                                    f"{self.policy.on or 'the cluster'} was lost")
         tried = self.state[i].tried
         fresh = [h for h in pool if h.name not in tried] or pool
         fresh = [h for h in fresh if h.name not in self.exclusive]
@@ -238,8 +244,13 @@ class _Run:
         self.cluster.mark_lost(h, str(err))
         if self.policy.on_lost is not None:
             self.policy.on_lost(h)
-        self.agents = [a for a in self.agents if a.name != h.name]
+        self.lost.add(id(h))
+        self.agents = [a for a in self.agents if a is not h]
         st = self.state[i]
+        if getattr(err, "restarting", False):
+            st.attempts -= 1  # it never ran there: not an attempt, not a kill
+            self.queue.append(i)
+            return
         if _node_alive(self.cluster, h):
             # The agent died while its node stayed up: the job may be what killed it.
             st.kills.append(h.node)

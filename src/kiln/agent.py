@@ -19,18 +19,15 @@ checks (``kiln.call``) gets ``CancelledError`` raised in its thread after ``HARD
 a thread that still does not stop is counted as stuck, and an agent with half its work threads
 stuck exits so that Ray restarts it clean (``max_restarts``), rather than stay wedged.
 
-When an agent dies from a fatal signal (``os.abort()``, a segfault) Python's ``faulthandler``
-writes it to a file; the restarted agent reads it, so the driver can say how the last one died.
+When an agent dies from a fatal signal (``os.abort()``, a segfault) its restart can say so
+(``kiln._deaths``), and the driver's error names the signal.
 """
 
 from __future__ import annotations
 
 import ctypes
-import faulthandler
 import importlib
 import os
-import re
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -38,7 +35,7 @@ from typing import Any
 
 import ray
 
-from kiln import preflight
+from kiln import _deaths, preflight
 from kiln._protocol import CAPABILITIES, AgentContext, JobContext
 from kiln.boundary import to_wire
 from kiln.errors import (
@@ -100,6 +97,20 @@ def local_device(device: str) -> str:
     return device
 
 
+def _hard(capability: str) -> bool:
+    return bool(getattr(importlib.import_module(CAPABILITIES[capability]), "HARD_CANCEL", False))
+
+
+def _raise_in(thread: int, exc: type[BaseException] | None) -> None:
+    """Raise ``exc`` in another thread at its next bytecode; None clears one still pending.
+
+    Callers hold ``_jobs_lock`` and act only on registered jobs, so an exception meant for a
+    job can never fire in Ray's code or in the next job the same thread runs.
+    """
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread), None if exc is None else ctypes.py_object(exc))
+
+
 class _Job:
     __slots__ = ("capability", "ctx", "cancel", "thread", "cancelled_at", "hard_cancels")
 
@@ -142,7 +153,8 @@ class Agent:
         self.jobs_run = 0
         self.jobs_cancelled = 0
         self.last_cancel_s: float | None = None  # from a cancel to its job's end, the last time
-        self.previous_death = _record_deaths(self.name)
+        self.previous_death = _deaths.record_deaths(
+            self.name, ray.get_runtime_context().get_actor_id() or "")
         self.memory_limit = _memory_limit()
         self.memory_stops = 0
         self._preflight(driver_fingerprint)
@@ -271,6 +283,7 @@ class Agent:
                 self._jobs.pop(job_id, None)
                 self.stuck.discard(job_id)
                 self.jobs_run += 1
+                _raise_in(job.thread, None)  # a hard cancel sent as the job ended: dropped
             ctx._forget()
 
     def invoke(self, capability: str, op: str, payload: Any) -> Any:
@@ -306,22 +319,21 @@ class Agent:
             self._watch_memory()
             now = time.monotonic()
             with self._jobs_lock:
-                overdue = [(jid, j) for jid, j in self._jobs.items() if j.cancelled_at is not None]
-            for job_id, job in overdue:
-                late = now - job.cancelled_at
-                hard = importlib.import_module(CAPABILITIES[job.capability])
-                if getattr(hard, "HARD_CANCEL", False) and late > HARD_CANCEL_AFTER_S * (
-                        1 + job.hard_cancels):
-                    # Raised at the thread's next Python bytecode; a thread blocked inside C
-                    # (a sleep, a device call) gets it when that returns.
-                    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                        ctypes.c_ulong(job.thread), ctypes.py_object(CancelledError))
-                    job.hard_cancels += 1
-                if late > STUCK_AFTER_S:
-                    self.stuck.add(job_id)
+                for job_id, job in self._jobs.items():
+                    if job.cancelled_at is None:
+                        continue
+                    late = now - job.cancelled_at
+                    if _hard(job.capability) and late > HARD_CANCEL_AFTER_S * (1 + job.hard_cancels):
+                        # Raised at the thread's next Python bytecode; a thread blocked inside
+                        # C (a sleep, a device call) gets it when that returns.
+                        _raise_in(job.thread, CancelledError)
+                        job.hard_cancels += 1
+                    if late > STUCK_AFTER_S:
+                        self.stuck.add(job_id)
             if len(self.stuck) >= WORK_THREADS // 2:
-                _note_death(self.name, f"restarted itself: {len(self.stuck)} of its "
-                            f"{WORK_THREADS} work threads ran cancelled jobs that never stopped")
+                _deaths.note_death(self.name, f"restarted itself: {len(self.stuck)} of its "
+                                   f"{WORK_THREADS} work threads ran cancelled jobs that never "
+                                   "stopped")
                 os._exit(70)
 
     def _watch_memory(self) -> None:
@@ -333,12 +345,10 @@ class Agent:
         except OSError:
             return
         with self._jobs_lock:
-            running = [j for j in self._jobs.values() if getattr(
-                importlib.import_module(CAPABILITIES[j.capability]), "HARD_CANCEL", False)]
-        for job in running:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(job.thread), ctypes.py_object(AgentMemoryError))
-            self.memory_stops += 1
+            for job in self._jobs.values():
+                if _hard(job.capability):
+                    _raise_in(job.thread, AgentMemoryError)
+                    self.memory_stops += 1
 
     def _describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -368,71 +378,6 @@ class Agent:
         if self.refusal is None:
             out.update(_device_memory(self.device))
         return out
-
-
-# -- how the last process of an agent died --------------------------------------------------------
-def _death_file(name: str) -> str:
-    folder = os.path.join(tempfile.gettempdir(), "kiln-agents")
-    os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".death")
-
-
-_fault_file: Any = None
-
-
-def _record_deaths(name: str) -> dict[str, Any]:
-    """Read what the previous process of this agent left (it died from a signal, called
-    ``os._exit``, or restarted itself), then arm the records for this process."""
-    global _fault_file
-    path = _death_file(name)
-    # Ray keeps an actor's id across its restarts; a new actor of the same name (a new cluster,
-    # a new kiln up) must not inherit a stranger's death.
-    actor_id = ray.get_runtime_context().get_actor_id() or ""
-    previous: dict[str, Any] = {}
-    try:
-        with open(path) as f:
-            owner, _, text = f.read().partition("\n")
-        text = text.strip()
-        if owner == actor_id and text:
-            previous = {"detail": _summarise_death(text), "record": text[-2000:]}
-    except OSError:
-        pass
-    try:
-        _fault_file = open(path, "w")  # noqa: SIM115 - held open for faulthandler, for life
-        _fault_file.write(actor_id + "\n")
-        _fault_file.flush()
-        faulthandler.enable(file=_fault_file, all_threads=True)
-    except OSError:
-        return previous
-    real_exit = os._exit
-
-    def recorded_exit(code: int) -> None:
-        # os._exit skips every handler; leave a line so the next process can say what happened
-        _note_death(name, f"the process called os._exit({code})")
-        real_exit(code)
-    os._exit = recorded_exit
-    return previous
-
-
-def _note_death(name: str, line: str) -> None:
-    try:
-        with open(_death_file(name), "a") as f:
-            f.write(line + "\n")
-    except OSError:
-        pass
-
-
-_SIGNALS = {"Aborted": "SIGABRT (os.abort() or a failed assertion in native code)",
-            "Segmentation fault": "SIGSEGV (a segmentation fault)",
-            "Bus error": "SIGBUS", "Floating point exception": "SIGFPE",
-            "Illegal instruction": "SIGILL"}
-
-
-def _summarise_death(text: str) -> str:
-    for key, signal in _SIGNALS.items():
-        if f"Fatal Python error: {key}" in text:
-            return f"killed by {signal}"
-    return text.splitlines()[-1]
 
 
 def _device_memory(device: str) -> dict[str, Any]:

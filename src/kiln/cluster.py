@@ -21,35 +21,24 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import (
-    ActorUnavailableError,
-    GetTimeoutError,
-    ObjectLostError,
-    OutOfMemoryError,
-    RayActorError,
-    RayError,
-    RayTaskError,
-    TaskCancelledError,
-    WorkerCrashedError,
-)
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from kiln import boundary, preflight
+from kiln._calls import Call, _when_back
+from kiln._calls import progress_of as progress_of
+from kiln._calls import settled as settled
+from kiln._calls import wait as wait
 from kiln.agent import CONCURRENCY_GROUPS, WORK_THREADS, Agent, agent_name
 from kiln.errors import (
-    AgentLostError,
-    CallTimeoutError,
-    CancelledError,
     ConnectError,
-    KilnError,
     NoAgentsError,
     NotConnectedError,
-    RemoteError,
     UnknownNodeError,
 )
 
@@ -57,13 +46,12 @@ NAMESPACE = "kiln"
 NODE_RESOURCE = preflight.NODE_RESOURCE
 NODE_LABEL = preflight.NODE_LABEL
 node_name_of = preflight.node_name_of
-_LOST = (RayActorError, ObjectLostError, WorkerCrashedError)
 # One id per driver process: an agent records who created it, so a driver can tell the agents
 # it created from those it found (and reused) on the cluster.
 DRIVER_ID = uuid.uuid4().hex[:12]
 # How long a call path waits for a restarted agent to pass its checks again before it looks
 # elsewhere (a restart re-runs the start-up checks: imports and a device test, seconds).
-REACQUIRE_TIMEOUT_S = 30.0
+REACQUIRE_TIMEOUT_S = 60.0
 
 log = logging.getLogger("kiln")
 
@@ -81,176 +69,6 @@ def default_node_name() -> str:
     """A local node is named after its host, or ``local`` when the host has no usable name."""
     host = socket.gethostname().split(".")[0].strip().lower()
     return host if host and host not in ("localhost", "") else "local"
-
-
-# -- calls -------------------------------------------------------------------------------------
-class Call:
-    """A job in flight on an agent: ``result()``, ``cancel()``, ``done()``, or ``await`` it."""
-
-    def __init__(self, handle: AgentHandle, ref: ray.ObjectRef, what: str, job_id: str) -> None:
-        self.handle = handle
-        self.ref = ref
-        self.what = what
-        self.job_id = job_id
-
-    def result(self, timeout: float | None = None) -> Any:
-        try:
-            return ray.get(self.ref, timeout=timeout)
-        except GetTimeoutError:
-            self.cancel()
-            raise CallTimeoutError(
-                f"{self.what} on {self.handle.name} ran past its timeout of {timeout} s; it was "
-                "cancelled on the agent, which stays usable. Raise timeout= for longer work."
-            ) from None
-        except BaseException as err:
-            raise _translate(err, self.handle, self.what) from None
-
-    def cancel(self) -> None:
-        """Stop the job for real: drop it from the agent's queue, and tell the agent to stop it
-        if it runs (workers check between chunks; user code gets CancelledError raised)."""
-        self.handle.cancel([self.job_id])
-        try:
-            ray.cancel(self.ref)
-        except Exception:  # noqa: BLE001 - already finished, or its agent already gone
-            pass
-        _drain(self.ref)
-
-    def done(self) -> bool:
-        ready, _ = ray.wait([self.ref], timeout=0)
-        return bool(ready)
-
-    def __await__(self):
-        return self._await().__await__()
-
-    async def _await(self) -> Any:
-        try:
-            return await self.ref
-        except BaseException as err:
-            raise _translate(err, self.handle, self.what) from None
-
-
-def wait(calls: Sequence[Call], timeout: float | None = None, num_returns: int = 1
-         ) -> tuple[list[Call], list[Call]]:
-    """Block until ``num_returns`` of ``calls`` are done (or ``timeout``): (done, pending)."""
-    if not calls:
-        return [], []
-    by_ref = {c.ref: c for c in calls}
-    done, pending = ray.wait(list(by_ref), num_returns=min(num_returns, len(calls)), timeout=timeout)
-    return [by_ref[r] for r in done], [by_ref[r] for r in pending]
-
-
-def _translate(err: BaseException, handle: AgentHandle, what: str) -> BaseException:
-    """Ray's error for a failed call -> the error a kiln user should see."""
-    if isinstance(err, (TaskCancelledError,)):
-        return CancelledError(f"{what} on {handle.name} was cancelled before it ran")
-    if isinstance(err, RayTaskError):
-        cause = getattr(err, "cause", None)
-        remote_tb = getattr(err, "traceback_str", "") or str(err)
-        if isinstance(cause, _LOST):
-            return AgentLostError(handle.name, _first_line(cause), node=handle.node)
-        if isinstance(cause, BaseException) and not isinstance(cause, RayError):
-            try:
-                cause.node = handle.node
-                cause.remote_traceback = remote_tb
-                if not isinstance(cause, KilnError):
-                    cause.add_note(f"(raised on node {handle.node}, agent {handle.name})\n"
-                                   f"Remote traceback:\n{remote_tb}")
-            except Exception:
-                pass
-            return cause
-        first = str(err).strip().splitlines()
-        return RemoteError(handle.node, type(cause).__name__ if cause else "Exception",
-                           first[-1] if first else "", remote_tb)
-    if isinstance(err, OutOfMemoryError):
-        return AgentLostError(handle.name, "Ray's memory monitor killed it: its node ran out of "
-                              "memory (the job allocates more than the node has)", node=handle.node)
-    if isinstance(err, _LOST):
-        return AgentLostError(handle.name, _first_line(err), node=handle.node)
-    if isinstance(err, RayError):
-        return AgentLostError(handle.name, f"{type(err).__name__}: {_first_line(err)}",
-                              node=handle.node)
-    return err
-
-
-def _when_back(send: Any, timeout: float) -> Any:
-    """``ray.get(send())``, sent again while the actor is restarting (Ray refuses calls to a
-    restarting actor at once rather than queue them, as kiln sets ``max_task_retries=0``)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return ray.get(send(), timeout=max(0.1, deadline - time.monotonic()))
-        except ActorUnavailableError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.2)
-
-
-# Refs of cancelled calls: read in the background so that Ray does not print their (expected)
-# errors as "unhandled" when they are dropped.
-_draining: list[Any] = []
-_drain_lock = threading.Lock()
-_drainer: threading.Thread | None = None
-
-
-def _drain(ref: Any) -> None:
-    global _drainer
-    with _drain_lock:
-        _draining.append(ref)
-        if _drainer is None or not _drainer.is_alive():
-            _drainer = threading.Thread(target=_drain_loop, name="kiln-drain", daemon=True)
-            _drainer.start()
-
-
-def _drain_loop() -> None:
-    while True:
-        with _drain_lock:
-            refs = list(_draining)
-        if not refs:
-            time.sleep(0.5)
-            continue
-        try:
-            done, _ = ray.wait(refs, num_returns=len(refs), timeout=0.5)
-        except Exception:  # noqa: BLE001 - Ray shut down: these refs are gone with it
-            with _drain_lock:
-                _draining.clear()
-            continue
-        for ref in done:
-            try:
-                ray.get(ref, timeout=0)
-            except Exception:  # noqa: BLE001 - the expected error of a cancelled call
-                pass
-        with _drain_lock:
-            for ref in done:
-                _draining.remove(ref)
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [ln for ln in str(err).splitlines() if ln.strip()]
-    return lines[0].strip() if lines else type(err).__name__
-
-
-def progress_of(calls: Sequence[Call], timeout: float = 2.0) -> list[Any]:
-    """The progress each call's job last reported (None where none, or its agent is slow)."""
-    refs = [c.handle.actor.progress.remote(c.job_id) for c in calls]
-    if not refs:
-        return []
-    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
-    ready_set = set(ready)
-    out = []
-    for ref in refs:
-        try:
-            out.append(ray.get(ref) if ref in ready_set else None)
-        except RayError:
-            out.append(None)
-    return out
-
-
-async def settled(call: Call) -> None:
-    """Wait until ``call`` is done, successfully or not (``call.result()`` then says which)."""
-    try:
-        await call.ref
-    except BaseException:  # noqa: BLE001 - the outcome is read with call.result()
-        pass
 
 
 # -- agents and nodes -------------------------------------------------------------------------
@@ -524,13 +342,20 @@ class Cluster:
                 max_restarts=-1, max_task_retries=0,
                 max_concurrency=WORK_THREADS,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(rn["NodeID"], soft=False),
-            )
-            if not self.owns_ray:
                 # Agents belong to the cluster and outlive this driver: the next driver (and
-                # the gateway) reuse them and their compiled caches.
-                options["lifetime"] = "detached"
-            actor = _remote_agent().options(**options).remote(
-                node, device, self.driver_fingerprint, env or None, DRIVER_ID)
+                # the gateway) reuse them and their compiled caches. Detached also in the
+                # embedded default (its Ray stops with the driver anyway): a non-detached
+                # actor is destroyed when the driver drops its first handle, which a driver
+                # that re-acquires a restarted agent by name does.
+                lifetime="detached",
+            )
+            try:
+                # an agent that exists (even one restarting after a crash) is reused as it is;
+                # get_if_exists alone may start a second one while the first restarts
+                actor = ray.get_actor(name, namespace=NAMESPACE)
+            except ValueError:
+                actor = _remote_agent().options(**options).remote(
+                    node, device, self.driver_fingerprint, env or None, DRIVER_ID)
             pending.append((rn, node, device, name, actor))
         records = []
         refs = [actor.ready.remote(self.driver_fingerprint) for *_, actor in pending]
@@ -556,7 +381,9 @@ class Cluster:
                     "the node is overloaded?)")
                 rec.info = {"node_id": rn["NodeID"]}
             except RayError as err:
-                rec.state, rec.reason = "refused", f"failed to start: {str(err).splitlines()[0]}"
+                # its process died while starting (or its node did): Ray restarts it, and a
+                # later refresh looks again; only an agent's own refusal gets it stopped
+                rec.state, rec.reason = "lost", f"did not start: {str(err).splitlines()[0]}"
                 rec.info = {"node_id": rn["NodeID"]}
             if rec.state == "ready":
                 rec.handle = AgentHandle(name, node or "", device, rn["NodeID"], actor)

@@ -33,6 +33,7 @@ Each message says what happened, where (node, agent, path in the data) and what 
     │   ├── ModelNotAvailableError a model that is not available offline
     │   └── EmbedInputError        bad texts
     └── GatewayError               the HTTP gateway
+        └── DeadlineExceededError  a request ran past its one deadline (cancelled on its agent)
 """
 
 from __future__ import annotations
@@ -204,6 +205,7 @@ class AgentLostError(KilnError):
         self.node = node
         self.detail = detail
         self.death = death
+        self.restarting = False  # the agent was restarting: the job never ran there
         text = f"agent {agent}" + (f" on node {node}" if node else "") + " was lost"
         if death:
             text += f"; its process was {death}" if death.startswith("killed") else f"; {death}"
@@ -292,3 +294,8 @@ class EmbedInputError(EmbedError, ValueError):
 
 class GatewayError(KilnError):
     """The HTTP gateway could not serve."""
+
+
+class DeadlineExceededError(GatewayError):
+    """A gateway request ran past its one deadline (``kiln serve --timeout``), carried across
+    every attempt; the attempt in flight was cancelled on its agent, not retried elsewhere."""
