@@ -53,7 +53,13 @@ def test_one_agent_per_gpu_passes_its_device_check_on_cuda(cluster):
     assert [n.name for n in nodes] == ["gpunode"]
     agents = nodes[0].agents
     assert sorted(a.device for a in agents) == [f"cuda:{i}" for i in range(_gpu_count())]
+    assert sorted(a.name for a in agents) == [f"kiln-agent:gpunode:gpu{i}"
+                                              for i in range(_gpu_count())]
     assert all(a.state == "ready" for a in agents), [(a.name, a.reason) for a in agents]
+    # each agent is pinned to one GPU by Ray and uses it as its process's cuda:0
+    assert all(a.info["local_device"] == "cuda:0" and "," not in a.info["visible_gpus"]
+               for a in agents), [a.info for a in agents]
+    assert len({a.info["visible_gpus"] for a in agents}) == len(agents)
     assert {c["check"] for c in agents[0].info["checks"]} == {"named-node", "fingerprint", "device"}
     assert "cuda" in agents[0].info["device_description"].lower() or \
         "gpu" in agents[0].info["device_description"].lower(), agents[0].info["device_description"]
