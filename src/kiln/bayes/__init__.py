@@ -9,7 +9,7 @@
     post = kiln.sample(model, chains=4, warmup=500, draws=1000)
 
 Importing this does not import jax: the driver builds and validates plain data, and
-the agents compile it (compile.py, engine.py).
+the agents compile it (compile.py, engine.py). The language: docs/model-language.md.
 """
 
 from __future__ import annotations
@@ -17,53 +17,92 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from .distributions import (
-    Bernoulli,
-    Beta,
-    Binomial,
-    Cauchy,
-    Censored,
-    Custom,
-    Dirichlet,
-    Distribution,
-    Exponential,
-    Flat,
-    Gamma,
-    GaussianRandomWalk,
-    HalfCauchy,
-    HalfFlat,
-    HalfNormal,
-    Laplace,
-    LogNormal,
-    Mixture,
-    MvNormal,
-    Normal,
-    Poisson,
-    StudentT,
-    TruncatedNormal,
-    Uniform,
-    Weibull,
-)
-from .expr import Expr, exp, expit, log, log1p, logit, matmul, ref, sqrt
+from . import distributions as _distributions
+from ._dist import REGISTRY as _REGISTRY
+from ._dist import Distribution
+from ._ode import ode
+from ._scan import scan
+from ._warn import ModelWarning
+from .constraints import CONSTRAINTS
+from .expr import Expr, ref
 from .model import Model
+from .ops import (
+    abs as abs,  # noqa: A004 - numpy's name; importable, kept out of *
+)
+from .ops import (
+    cholesky,
+    concatenate,
+    cos,
+    cumsum,
+    diag,
+    eq,
+    exp,
+    expit,
+    expm1,
+    inv,
+    lgamma,
+    log,
+    log1p,
+    log_expit,
+    log_softmax,
+    logaddexp,
+    logdet,
+    logit,
+    logp,
+    logsumexp,
+    matmul,
+    maximum,
+    mean,
+    minimum,
+    ne,
+    prod,
+    reshape,
+    sigmoid,
+    sin,
+    softmax,
+    solve,
+    solve_triangular,
+    sqrt,
+    square,
+    stack,
+    std,
+    sum,
+    tan,
+    tanh,
+    transpose,
+    where,
+)
+from .ops import (
+    max as max,  # noqa: A004
+)
+from .ops import (
+    min as min,  # noqa: A004
+)
 from .posterior import Posterior, load
 from .sample import sample  # binds the function over the submodule of the same name
 from .shorthand import spec_to_model
 
+# every distribution class is exported under its name: declaring one in distributions.py
+# is the only place a new distribution touches
+globals().update({name: getattr(_distributions, name) for name in _REGISTRY})
+
 _LAZY = {
     "prior_predictive": ("kiln.bayes.predictive", "prior_predictive"),
     "posterior_predictive": ("kiln.bayes.predictive", "posterior_predictive"),
-    "sum": ("kiln.bayes.expr", "sum"),
 }
 
+# abs, max and min are importable by name but left out of `*`, so that a star import does
+# not shadow Python's builtins (sum stays, as it always was)
 __all__ = [
-    "Bernoulli", "Beta", "Binomial", "Cauchy", "Censored", "Custom", "Dirichlet", "Distribution",
-    "Expr", "Exponential", "Flat", "Gamma", "GaussianRandomWalk", "HalfCauchy", "HalfFlat",
-    "HalfNormal", "Laplace", "LogNormal", "Mixture", "Model", "MvNormal", "Normal", "Poisson",
-    "Posterior", "StudentT", "TruncatedNormal", "Uniform", "Weibull", "exp", "expit", "load", "log",
-    "log1p", "logit", "matmul", "posterior_predictive", "prior_predictive", "ref", "sample",
-    "spec_to_model", "sqrt", "sum",
+    "CONSTRAINTS", "Distribution", "Expr", "Model", "ModelWarning", "Posterior",
+    "cholesky", "concatenate", "cos", "cumsum", "diag", "eq", "exp", "expit", "expm1",
+    "inv", "lgamma", "load", "log", "log1p", "log_expit", "log_softmax", "logaddexp", "logdet",
+    "logit", "logp", "logsumexp", "matmul", "maximum", "mean", "minimum", "ne",
+    "ode", "posterior_predictive", "prior_predictive", "prod", "ref", "reshape", "sample",
+    "scan", "sigmoid", "sin", "softmax", "solve", "solve_triangular", "spec_to_model", "sqrt",
+    "square", "stack", "std", "sum", "tan", "tanh", "transpose", "where",
 ]
+__all__ += list(_REGISTRY)
 
 
 def __getattr__(name: str) -> Any:

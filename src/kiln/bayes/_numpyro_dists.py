@@ -1,4 +1,8 @@
-"""The three IR distributions NumPyro has no direct class for (agent side only)."""
+"""The agent's namespace of distributions: NumPyro's, and kiln's own where NumPyro has none.
+
+`make` in each distribution's spec receives this module as `d`: `d.Normal` is NumPyro's,
+`d.Censored` kiln's; `d.jnp` and `d.constraints` are there too (agent side only).
+"""
 
 from __future__ import annotations
 
@@ -96,4 +100,98 @@ class CustomLogp(nd.Distribution):
                                   "(prior predictive needs a generative distribution)")
 
 
-__all__ = ["Censored", "Mixture", "CustomLogp"]
+
+def HalfStudentT(nu: Any, sigma: Any) -> nd.Distribution:
+    """|StudentT(nu, 0, sigma)|: the density doubles on (0, inf) because it is symmetric."""
+    return nd.FoldedDistribution(nd.StudentT(nu, 0.0, sigma))
+
+
+class Truncated(nd.Distribution):
+    """Any univariate continuous `base` restricted to [lower, upper] and renormalised.
+
+    NumPyro's TruncatedDistribution takes only a few bases; this one needs only `cdf`
+    (and `icdf` to sample), so Gamma, LogNormal, Exponential... truncate as Normal does.
+    """
+
+    def __init__(self, base: nd.Distribution, lower: Any = None, upper: Any = None) -> None:
+        self.base = base
+        self.lower = -jnp.inf if lower is None else lower
+        self.upper = jnp.inf if upper is None else upper
+        # the support is the base's narrowed by the bounds given; which side is bounded is
+        # known when the model is built, so an unbounded side stays unbounded (no inf in
+        # the transform)
+        lo, hi = _lower_of(base.support), _upper_of(base.support)
+        if lower is not None:
+            lo = lower if lo is None else jnp.maximum(lower, lo)
+        if upper is not None:
+            hi = upper if hi is None else jnp.minimum(upper, hi)
+        self._support = (constraints.interval(lo, hi) if lo is not None and hi is not None
+                         else constraints.greater_than(lo) if lo is not None
+                         else constraints.less_than(hi) if hi is not None else constraints.real)
+        batch = jax.lax.broadcast_shapes(base.batch_shape, jnp.shape(self.lower),
+                                         jnp.shape(self.upper))
+        super().__init__(batch_shape=batch, event_shape=())
+
+    @property
+    def support(self) -> Any:
+        return self._support
+
+    def _mass(self) -> tuple[Any, Any]:
+        lo = jnp.where(jnp.isfinite(self.lower), self.lower, 0.0)
+        hi = jnp.where(jnp.isfinite(self.upper), self.upper, 0.0)
+        f_lo = jnp.where(jnp.isfinite(self.lower), self.base.cdf(lo), 0.0)
+        f_hi = jnp.where(jnp.isfinite(self.upper), self.base.cdf(hi), 1.0)
+        return f_lo, f_hi
+
+    def log_prob(self, value: Any) -> Any:
+        f_lo, f_hi = self._mass()
+        inside = (value >= self.lower) & (value <= self.upper)
+        return jnp.where(inside, self.base.log_prob(value) - jnp.log(f_hi - f_lo), -jnp.inf)
+
+    def sample(self, key: Any, sample_shape: tuple[int, ...] = ()) -> Any:
+        f_lo, f_hi = self._mass()
+        u = jax.random.uniform(key, sample_shape + self.batch_shape)
+        return self.base.icdf(f_lo + u * (f_hi - f_lo))
+
+
+def _lower_of(c: Any) -> Any:
+    return getattr(c, "lower_bound", None)
+
+
+def _upper_of(c: Any) -> Any:
+    return getattr(c, "upper_bound", None)
+
+
+class Constrained(nd.Distribution):
+    """`base`'s density on a declared constraint (Stan's `ordered[K] mu; mu ~ normal(...)`).
+
+    The density is `base.log_prob` summed over the constraint's event dimensions, not
+    renormalised (as in Stan: with constant bounds the constant does not matter); the
+    sampler works on the constraint's unconstrained space, its Jacobian included.
+    """
+
+    def __init__(self, base: nd.Distribution, constraint: Any, event_ndim: int) -> None:
+        self.base = base
+        self._constraint = constraint
+        shape = base.batch_shape + base.event_shape
+        cut = len(shape) - event_ndim
+        self._sum_dims = event_ndim - len(base.event_shape)
+        super().__init__(batch_shape=shape[:cut], event_shape=shape[cut:])
+
+    @property
+    def support(self) -> Any:
+        return self._constraint
+
+    def log_prob(self, value: Any) -> Any:
+        lp = self.base.log_prob(value)
+        return jnp.sum(lp, axis=tuple(range(-self._sum_dims, 0))) if self._sum_dims else lp
+
+    def sample(self, key: Any, sample_shape: tuple[int, ...] = ()) -> Any:
+        raise NotImplementedError("a variable with a declared constraint cannot be sampled "
+                                  "forward (its prior is the base density on the constraint)")
+
+
+def __getattr__(name: str) -> Any:
+    # everything else is NumPyro's own class of that name
+    return getattr(nd, name)
+

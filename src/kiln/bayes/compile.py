@@ -22,8 +22,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import ModelError
-from .distributions import unpickle_fn
-from .expr import evaluate, is_array_node, is_number
+from ._dist import Args, spec_of, unpickle_fn
+from .expr import OPS, evaluate, is_array_node, is_number
 
 NUMPYRO_FORMAT = "kiln.numpyro/1"
 
@@ -51,23 +51,29 @@ def split_constants(model: dict[str, Any]) -> Split:
         if is_array_node(node):
             return put(np.asarray(node["array"], dtype=np.dtype(node["dtype"])))
         if isinstance(node, dict) and "op" in node:
-            args = [walk(a, as_index=(node["op"] == "index" and i == 1))
-                    for i, a in enumerate(node["args"])]
-            return {**node, "args": args}
-        if isinstance(node, dict) and "dist" in node:
-            return walk_dist(node)
+            op = OPS.get(node["op"])
+            index = bool(op and op.index_args)
+            out = {**node, "args": [walk(a, as_index=index and i > 0)
+                                    for i, a in enumerate(node["args"])]}
+            for key in op.subgraphs if op else ():
+                if key in node:
+                    out[key] = walk(node[key])
+            if isinstance(node.get("dist"), dict):
+                out["dist"] = walk_dist(node["dist"])
+            return out
         return node
 
     def walk_dist(d: dict[str, Any]) -> dict[str, Any]:
+        spec = spec_of(d)
         out: dict[str, Any] = {}
         for k, v in d.items():
-            if k == "dist" or k == "support" or k == "logp":
+            if k == "dist" or k in spec.statics:
                 out[k] = v
-            elif k == "base":
+            elif k in spec.children:
                 out[k] = walk_dist(v)
-            elif k == "components":
+            elif k == spec.child_list:
                 out[k] = [walk_dist(c) for c in v]
-            elif k == "params":
+            elif spec.free_params and k == "params":
                 out[k] = {pk: walk(pv) for pk, pv in v.items()}
             else:
                 out[k] = walk(v)
@@ -84,7 +90,9 @@ def split_constants(model: dict[str, Any]) -> Split:
             e2 = dict(e)
             if e["kind"] == "rv":
                 e2["dist"] = walk_dist(e["dist"])
-            elif e["kind"] == "det":
+                if isinstance(e.get("constraint"), dict):
+                    e2["constraint"] = {k: walk(v) for k, v in e["constraint"].items()}
+            elif e["kind"] in ("det", "factor"):
                 e2["expr"] = walk(e["expr"])
             else:
                 e2["value"] = put(np.asarray(e["value"]["array"], dtype=np.dtype(e["value"]["dtype"])))
@@ -119,12 +127,12 @@ def numpyro_model(structure: dict[str, Any]) -> Callable[[Any], Any]:
 
     import numpyro
 
-    from .validate import _entry_refs, _topo_order
+    from .validate import entry_refs, topo_order
 
     by_name = {e["name"]: e for e in structure["entries"]}
-    deps = {n: set().union(*d.values()) if (d := _entry_refs(e)) else set()
+    deps = {n: set().union(*d.values()) if (d := entry_refs(e)) else set()
             for n, e in by_name.items()}
-    order = _topo_order(by_name, deps)
+    order = topo_order(by_name, deps)
     obs_of = {e["of"]: e for e in structure["entries"] if e["kind"] == "obs"}
 
     def model(consts: Any) -> None:
@@ -141,87 +149,62 @@ def numpyro_model(structure: dict[str, Any]) -> Callable[[Any], Any]:
                 env[name] = consts[e["value"]["const"]]
             elif kind == "det":
                 env[name] = numpyro.deterministic(name, evaluate(e["expr"], env, jnp, const))
+            elif kind == "factor":
+                numpyro.factor(name, jnp.sum(evaluate(e["expr"], env, jnp, const)))
+            elif kind == "rv" and name in obs_of:
+                o = obs_of[name]
+                value = consts[o["value"]["const"]]
+                d = make_dist(e["dist"], env, const, tuple(value.shape))
+                env[name] = numpyro.sample(o["name"], d, obs=value)
             elif kind == "rv":
                 shape = tuple(e["shape"]) if e.get("shape") is not None else None
-                if name in obs_of:
-                    o = obs_of[name]
-                    value = consts[o["value"]["const"]]
-                    d = make_dist(e["dist"], env, const, tuple(value.shape))
-                    env[name] = numpyro.sample(o["name"], d, obs=value)
-                else:
-                    d = make_dist(e["dist"], env, const, shape)
-                    env[name] = numpyro.sample(name, d)
+                d = make_dist(e["dist"], env, const, shape)
+                if e.get("constraint") is not None:
+                    d = _constrained(d, e["constraint"], env, const)
+                env[name] = numpyro.sample(name, d)
     return model
 
 
-def make_dist(node: dict[str, Any], env: dict[str, Any], const: Callable[[Any], Any],
-              shape: tuple[int, ...] | None) -> Any:
-    """The NumPyro distribution of a distribution node, expanded to `shape`."""
+def _constrained(d: Any, c: Any, env: dict[str, Any], const: Callable[[Any], Any]) -> Any:
+    """`d`'s density on a declared constraint (constraints.py)."""
     import jax.numpy as jnp
-    import numpyro.distributions as nd
     from numpyro.distributions import constraints
 
     from . import _numpyro_dists as kd
+    from .constraints import CONSTRAINTS, make_bounds
 
-    name = node["dist"]
+    if isinstance(c, dict):
+        lo, hi = (evaluate(c[k], env, jnp, const) if k in c else None for k in ("lower", "upper"))
+        return kd.Constrained(d, make_bounds(constraints, lo, hi), len(d.event_shape))
+    spec = CONSTRAINTS[c]
+    return kd.Constrained(d, spec.make(constraints), spec.event_ndim)
 
-    def p(k: str) -> Any:
-        return evaluate(node[k], env, jnp, const) if k in node else None
 
-    if name == "Normal":
-        d = nd.Normal(p("mu"), p("sigma"))
-    elif name == "HalfNormal":
-        d = nd.HalfNormal(p("sigma"))
-    elif name == "Exponential":
-        d = nd.Exponential(p("rate"))
-    elif name == "Gamma":
-        d = nd.Gamma(p("alpha"), p("beta"))
-    elif name == "Beta":
-        d = nd.Beta(p("alpha"), p("beta"))
-    elif name == "Uniform":
-        d = nd.Uniform(p("lower"), p("upper"))
-    elif name == "StudentT":
-        d = nd.StudentT(p("nu"), p("mu"), p("sigma"))
-    elif name == "Cauchy":
-        d = nd.Cauchy(p("mu"), p("sigma"))
-    elif name == "HalfCauchy":
-        d = nd.HalfCauchy(p("sigma"))
-    elif name == "LogNormal":
-        d = nd.LogNormal(p("mu"), p("sigma"))
-    elif name == "Laplace":
-        d = nd.Laplace(p("mu"), p("b"))
-    elif name == "MvNormal":
-        d = nd.MultivariateNormal(p("mu"), covariance_matrix=p("cov"))
-    elif name == "GaussianRandomWalk":
-        assert shape is not None, "validated: GaussianRandomWalk has a shape"
-        d = nd.GaussianRandomWalk(p("sigma"), num_steps=shape[-1])
-    elif name == "Dirichlet":
-        d = nd.Dirichlet(p("alpha"))
-    elif name == "Bernoulli":
-        d = nd.Bernoulli(probs=p("p")) if "p" in node else nd.Bernoulli(logits=p("logit_p"))
-    elif name == "Binomial":
-        d = (nd.Binomial(p("n"), probs=p("p")) if "p" in node
-             else nd.Binomial(p("n"), logits=p("logit_p")))
-    elif name == "Poisson":
-        d = nd.Poisson(p("rate"))
-    elif name == "Weibull":
-        d = nd.Weibull(scale=p("beta"), concentration=p("alpha"))
-    elif name == "TruncatedNormal":
-        d = nd.TruncatedNormal(p("mu"), p("sigma"), low=p("lower"), high=p("upper"))
-    elif name == "Flat":
-        d = nd.ImproperUniform(constraints.real, (), ())
-    elif name == "HalfFlat":
-        d = nd.ImproperUniform(constraints.positive, (), ())
-    elif name == "Censored":
-        d = kd.Censored(make_dist(node["base"], env, const, None), p("lower"), p("upper"))
-    elif name == "Mixture":
-        comps = [make_dist(c, env, const, None) for c in node["components"]]
-        d = kd.Mixture(p("weights"), comps)
-    elif name == "Custom":
-        params = {k: evaluate(v, env, jnp, const) for k, v in node["params"].items()}
-        d = kd.CustomLogp(unpickle_fn(node["logp"]["pickle"]), params, node["support"])
-    else:
-        raise ModelError(None, "dist", f"unknown distribution {name!r}")
+def make_dist(node: dict[str, Any], env: dict[str, Any], const: Callable[[Any], Any],
+              shape: tuple[int, ...] | None, slots: Any = None) -> Any:
+    """The NumPyro distribution of a distribution node, expanded to `shape`."""
+    import jax.numpy as jnp
+
+    from . import _numpyro_dists as kd
+
+    spec = spec_of(node)
+    if spec is None:
+        raise ModelError(None, "dist", f"unknown distribution {node.get('dist')!r}")
+    values: dict[str, Any] = {"shape": shape}
+    for k, v in node.items():
+        if k == "dist":
+            continue
+        if k in spec.statics:
+            values[k] = v
+        elif k in spec.children:
+            values[k] = make_dist(v, env, const, None, slots)
+        elif k == spec.child_list:
+            values[k] = [make_dist(c, env, const, None, slots) for c in v]
+        elif spec.free_params and k == "params":
+            values[k] = {pk: evaluate(pv, env, jnp, const, slots) for pk, pv in v.items()}
+        else:
+            values[k] = evaluate(v, env, jnp, const, slots)
+    d = spec.make(kd, Args(values))
     if shape is not None:
         event = d.event_shape
         batch = shape[:len(shape) - len(event)] if event else shape
@@ -232,6 +215,7 @@ def make_dist(node: dict[str, Any], env: dict[str, Any], const: Callable[[Any], 
 
 def compile_model(structure: dict[str, Any], consts: list[Any]) -> Compiled:
     """Trace the model once (with these constants) to learn its sites and shapes."""
+    import jax
     import jax.numpy as jnp
     from jax.flatten_util import ravel_pytree
     from numpyro import handlers
@@ -249,19 +233,27 @@ def compile_model(structure: dict[str, Any], consts: list[Any]) -> Compiled:
             return t(jnp.zeros(t.inverse_shape(d.shape())))
         return None
 
-    tr = handlers.trace(handlers.substitute(handlers.seed(model, 0), substitute_fn=at_zero)
-                        ).get_trace(consts)
     latent, observed, deterministic = {}, {}, {}
     zeros = {}
-    for name, site in tr.items():
-        if site["type"] == "sample" and not site["is_observed"]:
-            latent[name] = tuple(site["value"].shape)
-            t = biject_to(site["fn"].support)
-            zeros[name] = jnp.zeros(t.inverse_shape(site["value"].shape))
-        elif site["type"] == "sample":
-            observed[name] = tuple(jnp.shape(site["value"]))
-        elif site["type"] == "deterministic":
-            deterministic[name] = tuple(jnp.shape(site["value"]))
+
+    def sites(c: Any) -> int:
+        # traced abstractly (jax.eval_shape): only shapes are needed, so nothing runs or
+        # compiles here (an ODE solve or a long scan would otherwise be compiled twice)
+        tr = handlers.trace(handlers.substitute(handlers.seed(model, 0), substitute_fn=at_zero)
+                            ).get_trace(c)
+        for name, site in tr.items():
+            if site["type"] == "sample" and not site["is_observed"]:
+                latent[name] = tuple(site["value"].shape)
+                t = biject_to(site["fn"].support)
+                zeros[name] = tuple(t.inverse_shape(site["value"].shape))
+            elif site["type"] == "sample" and not site["infer"].get("is_auxiliary"):
+                observed[name] = tuple(jnp.shape(site["value"]))   # not a factor: a likelihood
+            elif site["type"] == "deterministic":
+                deterministic[name] = tuple(jnp.shape(site["value"]))
+        return 0
+
+    jax.eval_shape(sites, consts)
+    zeros = {name: jnp.zeros(shape) for name, shape in zeros.items()}
     if not latent:
         raise ModelError(None, None, "the model has no unobserved random variable to sample")
     flat0, unravel = ravel_pytree(zeros)

@@ -12,6 +12,10 @@ A model is an ordered list of entries, each a JSON object:
     {"kind": "obs",  "name": "y_obs", "of": "y", "value": {"array": [...], "dtype": "float64"}}
     {"kind": "det",  "name": "theta", "expr": {"op": "add", "args": ["mu", ...]}}
     {"kind": "data", "name": "x", "value": {"array": [...], "dtype": "float64"}}
+    {"kind": "factor", "name": "prior_mu1", "expr": <expr>}     (Stan's target += expr)
+
+An rv entry may add `"constraint": "ordered"` or `{"lower": <expr>, "upper": <expr>}`
+(constraints.py). The whole language: docs/model-language.md.
 
 `to_json()` is what crosses the wire; the agent compiles it (`compile.py`). Problems a
 single entry shows are raised when it is added; problems between entries (unknown
@@ -27,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, DuplicateObservationError, ModelError, ModelTypeError, ShapeError
-from .distributions import Distribution, _FieldTypeError
+from ._dist import Distribution, _FieldTypeError
+from .constraints import canonical
 from .expr import array_node, to_node
 
 FORMAT = "kiln.model/1"
@@ -41,8 +46,14 @@ class Model:
 
     # -- building -----------------------------------------------------------------
 
-    def rv(self, name: str, dist: Distribution, shape: int | tuple[int, ...] | None = None) -> Model:
-        """A random variable `name ~ dist`, a vector or array when `shape` is given."""
+    def rv(self, name: str, dist: Distribution, shape: int | tuple[int, ...] | None = None, *,
+           constraint: str | None = None, lower: Any = None, upper: Any = None) -> Model:
+        """A random variable `name ~ dist`, a vector or array when `shape` is given.
+
+        `constraint` ("positive", "ordered", "simplex", "corr_cholesky", ...) or `lower` /
+        `upper` (numbers or expressions) declare the set it lives on, as Stan's
+        `ordered[K] mu;` or `real<lower=0> sigma;`: the density is `dist`'s on that set.
+        """
         self._check_new_name(name)
         if not isinstance(dist, Distribution):
             raise ModelTypeError(name, "dist", f"{dist!r:.60} is not a kiln distribution "
@@ -50,9 +61,22 @@ class Model:
         try:
             node = dist.to_node()
         except _FieldTypeError as e:
-            raise ModelTypeError(name, e.field, str(e)) from None
+            raise ModelTypeError(name, e.field, e.message) from None
         entry = {"kind": "rv", "name": name, "dist": node, "shape": _shape(name, shape)}
+        c = _constraint(name, constraint, lower, upper)
+        if c is not None:
+            entry["constraint"] = c
         return self._add(entry)
+
+    def factor(self, name: str, expr: Any) -> Model:
+        """Add `expr` (summed) to the log density: Stan's `target += expr`, NumPyro's
+        `numpyro.factor`, PyMC's `pm.Potential`. `name` labels the term."""
+        self._check_new_name(name)
+        try:
+            node = to_node(expr)
+        except TypeError as e:
+            raise ModelTypeError(name, "expr", str(e)) from None
+        return self._add({"kind": "factor", "name": name, "expr": node})
 
     def obs(self, name: str, of: str, value: Any) -> Model:
         """Observe random variable `of` at `value` (data); `name` labels the likelihood."""
@@ -142,11 +166,35 @@ class Model:
         for e in self.entries:
             if e["kind"] == "rv":
                 parts.append(f"{e['name']} ~ {e['dist']['dist']}")
+            elif e["kind"] == "factor":
+                parts.append(f"target += {e['name']}")
             elif e["kind"] == "obs":
                 parts.append(f"{e['name']} = obs({e['of']})")
             else:
                 parts.append(f"{e['name']} ({e['kind']})")
         return f"Model({'; '.join(parts)})"
+
+
+def _constraint(name: str, constraint: Any, lower: Any, upper: Any) -> Any:
+    if constraint is not None and (lower is not None or upper is not None):
+        raise ModelTypeError(name, "constraint", "give a named constraint or lower/upper bounds, "
+                             "not both")
+    if constraint is not None:
+        if not isinstance(constraint, str) or canonical(constraint) is None:
+            from .constraints import CONSTRAINTS
+            raise ModelTypeError(name, "constraint", f"{constraint!r:.60} is not a constraint; "
+                                 f"known: {', '.join(CONSTRAINTS)}")
+        return canonical(constraint)
+    if lower is None and upper is None:
+        return None
+    out = {}
+    for k, v in (("lower", lower), ("upper", upper)):
+        if v is not None:
+            try:
+                out[k] = to_node(v)
+            except TypeError as e:
+                raise ModelTypeError(name, f"constraint.{k}", str(e)) from None
+    return out
 
 
 def _shape(name: str, shape: Any) -> list[int] | None:

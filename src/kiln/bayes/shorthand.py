@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError, SpecError
-from .distributions import SPECS
+from ._dist import REGISTRY
 from .model import Model
 
 VARIABLE = "x"
@@ -24,34 +24,17 @@ def _key(name: str) -> str:
     return name.replace("_", "").replace("-", "").lower()
 
 
-# proper, continuous: the ones NUTS can sample on their own
-SAMPLEABLE = {_key(n): n for n, s in SPECS.items() if not s.discrete and not s.improper
-              and not s.needs_shape}
-
-
-# NumPyro / scipy spellings accepted beside the IR's (PyMC-style) names
-ALIASES: dict[str, dict[str, str]] = {
-    "Normal": {"loc": "mu", "scale": "sigma"},
-    "HalfNormal": {"scale": "sigma"},
-    "Exponential": {"lam": "rate", "lambda": "rate"},
-    "Gamma": {"concentration": "alpha", "rate": "beta"},
-    "Beta": {"concentration1": "alpha", "concentration0": "beta", "a": "alpha", "b": "beta"},
-    "Uniform": {"low": "lower", "high": "upper"},
-    "StudentT": {"df": "nu", "loc": "mu", "scale": "sigma"},
-    "Cauchy": {"loc": "mu", "scale": "sigma"},
-    "HalfCauchy": {"scale": "sigma"},
-    "LogNormal": {"loc": "mu", "scale": "sigma"},
-    "Laplace": {"loc": "mu", "scale": "b"},
-    "Weibull": {"concentration": "alpha", "scale": "beta"},
-    "TruncatedNormal": {"loc": "mu", "scale": "sigma", "low": "lower", "high": "upper"},
-    "MvNormal": {"loc": "mu", "covariance_matrix": "cov"},
-    "Dirichlet": {"concentration": "alpha"},
-}
+def _sampleable() -> dict[str, str]:
+    """Proper, continuous, plain: the distributions NUTS can sample on their own (read from
+    the registry each time, so a distribution declared later is known too)."""
+    return {_key(n): n for n, c in REGISTRY.items() if not (
+        c.spec.discrete or c.spec.improper or c.spec.needs_shape or c.spec.children
+        or c.spec.child_list or c.spec.statics or c.spec.free_params)}
 
 
 def known() -> list[str]:
     """The distribution names the shorthand accepts (lower case)."""
-    return sorted(SAMPLEABLE)
+    return sorted(_sampleable())
 
 
 def spec_to_model(spec: dict[str, Any]) -> Model:
@@ -63,14 +46,16 @@ def spec_to_model(spec: dict[str, Any]) -> Model:
     if not isinstance(name, str):
         raise SpecError("dist", f"missing or not a string ({name!r}); known: {', '.join(known())}")
     k = _key(name)
-    if k not in SAMPLEABLE:
+    sampleable = _sampleable()
+    if k not in sampleable:
         why = ""
-        if k in {_key(n) for n in SPECS}:
+        if k in {_key(n) for n in REGISTRY}:
             why = " (discrete, improper or shape-dependent distributions cannot be sampled alone)"
         raise SpecError("dist", f"unknown distribution {name!r}{why}; known: {', '.join(known())}")
-    dspec = SPECS[SAMPLEABLE[k]]
+    cls = REGISTRY[sampleable[k]]
+    dspec = cls.spec
     params = {p.name: p for p in dspec.params}
-    aliases = ALIASES.get(dspec.name, {})
+    aliases = cls.aliases   # NumPyro / scipy spellings beside the IR's (PyMC-style) names
     given: dict[str, Any] = {}
     spelled: dict[str, str] = {}   # IR name -> the user's spelling, for error messages
     for f, v in spec.items():
@@ -90,7 +75,6 @@ def spec_to_model(spec: dict[str, Any]) -> Model:
                             f"{', '.join(q.name for q in dspec.params if not q.optional)})")
     for f, v in given.items():
         _check_value(spelled[f], v)
-    cls = _dist_class(SAMPLEABLE[k])
     try:
         return Model().rv(VARIABLE, cls(**given)).validate()
     except ModelError as e:
@@ -113,8 +97,3 @@ def _check_value(field: str, v: Any) -> None:
     if not np.all(np.isfinite(arr)):
         raise SpecError(field, "must be finite (no NaN or inf)")
 
-
-def _dist_class(name: str) -> type:
-    from . import distributions
-
-    return getattr(distributions, name)

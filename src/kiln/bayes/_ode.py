@@ -1,0 +1,91 @@
+"""`ode`: the solution of an ordinary differential equation at given times.
+
+    # Lotka-Volterra: u' = (a - b v) u, v' = (-c + d u) v
+    z = ode(lambda t, y: stack([(ref("a") - ref("b") * y[1]) * y[0],
+                                (-ref("c") + ref("d") * y[0]) * y[1]]),
+            y0=ref("z_init"), times=ref("ts"), t0=0.0)          # shape (len(ts), 2)
+
+`rhs(t, y)` is called once on the driver with placeholders and returns dy/dt as an
+expression over `t`, `y` and the model's names: the system is stored as that graph.
+
+On the agent the node is solved by diffrax (https://docs.kidger.site/diffrax/): it is kept
+up, written in JAX, differentiable through the solve (what NUTS needs), and has adaptive
+explicit solvers (Dopri5 = Stan's rk45, Tsit5) and an implicit one for stiff systems
+(Kvaerno5, in place of Stan's bdf). A solve that fails (too many steps) gives inf, so the
+sampler rejects that point instead of stopping.
+
+    {"op": "ode", "args": [y0, times, t0], "rhs": <graph over slots t, y>,
+     "method": "dopri5", "rtol": 1e-6, "atol": 1e-6, "max_steps": 4096}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import ModelTypeError
+from .expr import Ctx, Expr, NodeError, Op, evaluate, infer_shape, register, to_node
+
+METHODS = ("dopri5", "tsit5", "dopri8", "kvaerno5")
+
+
+def ode(rhs: Callable[[Expr, Expr], Any], y0: Any, times: Any, t0: Any = 0.0, *,
+        method: str = "dopri5", rtol: float = 1e-6, atol: float = 1e-6,
+        max_steps: int = 4096) -> Expr:
+    """y(times) for dy/dt = rhs(t, y), y(t0) = y0; shape `(len(times),) + y0's shape`."""
+    if method not in METHODS:
+        raise ModelTypeError(None, "ode.method", f"{method!r}; one of {', '.join(METHODS)}")
+    try:
+        dy = to_node(rhs(Expr({"slot": "t"}), Expr({"slot": "y"})))
+        args = [to_node(y0), to_node(times), to_node(t0)]
+    except TypeError as e:
+        raise ModelTypeError(None, "ode", str(e)) from None
+    return Expr({"op": "ode", "args": args, "rhs": dy, "method": method, "rtol": float(rtol),
+                 "atol": float(atol), "max_steps": int(max_steps)})
+
+
+def _positive(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+
+
+def _shape(_: list[Any], node: dict[str, Any], ctx: Ctx) -> tuple[int, ...]:
+    y0, times, t0 = (infer_shape(a, ctx) for a in node["args"])
+    if len(times) != 1:
+        raise NodeError(f"ode: times must be a vector, got shape {times}")
+    if t0 != ():
+        raise NodeError(f"ode: t0 must be a scalar, got shape {t0}")
+    dy = infer_shape(node["rhs"], ctx._replace(slots={**ctx.slots, "t": (), "y": y0}))
+    if dy != y0:
+        raise NodeError(f"ode: the right-hand side gives shape {dy}, the state has shape {y0}")
+    return times + y0
+
+
+def _solver(method: str) -> Any:
+    import diffrax
+
+    return {"dopri5": diffrax.Dopri5, "tsit5": diffrax.Tsit5, "dopri8": diffrax.Dopri8,
+            "kvaerno5": diffrax.Kvaerno5}[method]()
+
+
+def _eval(node: dict[str, Any], env: Any, xp: Any, const: Any, slots: Any) -> Any:
+    import diffrax
+
+    y0, times, t0 = (xp.asarray(evaluate(a, env, xp, const, slots)) for a in node["args"])
+
+    def f(t: Any, y: Any, args: Any) -> Any:
+        return evaluate(node["rhs"], env, xp, const, {**(slots or {}), "t": t, "y": y})
+
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(f), _solver(node.get("method", "dopri5")), t0=t0, t1=times[-1],
+        dt0=None, y0=y0, saveat=diffrax.SaveAt(ts=times),
+        stepsize_controller=diffrax.PIDController(rtol=node.get("rtol", 1e-6),
+                                                  atol=node.get("atol", 1e-6)),
+        max_steps=node.get("max_steps", 4096), throw=False)
+    return sol.ys
+
+
+register("ode", Op(3, _shape, lambda xp, a, n: None, evaluate=_eval, subgraphs=("rhs",),
+                   slots=lambda node: ("t", "y"),
+                   statics={"method": lambda v: v in METHODS, "rtol": _positive,
+                            "atol": _positive,
+                            "max_steps": lambda v: isinstance(v, int) and v >= 1}))
