@@ -8,11 +8,15 @@ back. ``kiln.connect()`` with no address runs the same code on a local, embedded
 from __future__ import annotations
 
 from importlib import import_module
+from importlib import metadata as _metadata
 from typing import Any
 
 from kiln import errors
 
-__version__ = "0.1.0"
+try:  # the one place the version is written is pyproject.toml
+    __version__ = _metadata.version("kiln")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 # Everything loads on first use, so `import kiln` stays fast and imports no Ray, jax or torch:
 # a model is built, validated and compiled (on an agent, or in a bench) without the engine.
