@@ -207,11 +207,3 @@ def progress_of(calls: Sequence[Call], timeout: float = 2.0) -> list[Any]:
         except RayError:
             out.append(None)
     return out
-
-
-async def settled(call: Call) -> None:
-    """Wait until ``call`` is done, successfully or not (``call.result()`` then says which)."""
-    try:
-        await call.ref
-    except BaseException:  # noqa: BLE001 - the outcome is read with call.result()
-        pass

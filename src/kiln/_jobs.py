@@ -1,7 +1,7 @@
 """The job runner: submit · wait · cancel · retry · progress, the same for every capability.
 
     sample / embed / call / map / gateway      build Jobs, read results
-              │  run(jobs, Policy) or await run_async(jobs, Policy)
+              │  run(jobs, Policy)
               ▼
     job runner (this module)                   one attempt = one job on one agent
               │  AgentHandle.submit(job_id=...) · Call.cancel() · cluster.wait
@@ -28,7 +28,6 @@ Rules, the same everywhere:
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from collections.abc import Callable, Sequence
@@ -108,7 +107,7 @@ class _JobState:
 
 
 class _Run:
-    """The decisions of one request, shared by the blocking and the asyncio driver."""
+    """The decisions of one request (the loop that drives them is `run_with_placement`)."""
 
     def __init__(self, jobs: list[Job], policy: Policy) -> None:
         self.jobs = jobs
@@ -372,35 +371,4 @@ def run_with_placement(jobs: list[Job], policy: Policy | None = None
     return r.ordered(), [r.placement[i] for i in range(len(jobs))]
 
 
-async def run_async(jobs: list[Job], policy: Policy | None = None) -> list[Any]:
-    """``run`` for an event loop (the gateway): the same rules, awaiting instead of blocking."""
-    if not jobs:
-        return []
-    r = _Run(jobs, policy or Policy())
-    futures: dict[Any, asyncio.Future] = {}
-    try:
-        while not r.finished():
-            r.fill()
-            for call in r.calls():
-                if call not in futures:
-                    futures[call] = asyncio.ensure_future(_cluster.settled(call))
-            waiting = [futures[c] for c in r.calls()]
-            if waiting:
-                await asyncio.wait(waiting, timeout=r.wait_budget(),
-                                   return_when=asyncio.FIRST_COMPLETED)
-            else:
-                await asyncio.sleep(min(0.05, r.wait_budget() or 0.05))
-            for call in [c for c in r.calls() if futures[c].done()]:
-                futures.pop(call)
-                r.collect(call)
-            r.expire()
-            r.progress()
-    except BaseException:
-        r.cancel_all()
-        for f in futures.values():
-            f.cancel()
-        raise
-    return r.ordered()
-
-
-__all__ = ["RETRY_HERE", "Job", "Policy", "run", "run_async", "run_with_placement"]
+__all__ = ["RETRY_HERE", "Job", "Policy", "run", "run_with_placement"]

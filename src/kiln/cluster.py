@@ -8,6 +8,9 @@ engine could be swapped.
 Nodes are named by a Ray custom resource ``kiln-node:<name>`` (``kiln join --name gpu2`` sets
 it); agents are named actors ``kiln-agent:<node>:<device>`` pinned to their node.
 
+Long: it is the driver's whole view of the cluster (connect, nodes, agents, their start-up and
+re-acquisition after a restart); the calls themselves live in ``_calls.py``.
+
 Agents belong to the cluster, not to a driver: they are detached actors that any driver or
 gateway reuses, restarted by Ray after a crash. ``shutdown()`` disconnects this driver and
 stops only an embedded Ray it started itself; ``shutdown(agents=True)`` (``kiln down``) is how
@@ -32,7 +35,6 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from kiln import boundary, preflight
 from kiln._calls import Call, _when_back
 from kiln._calls import progress_of as progress_of
-from kiln._calls import settled as settled
 from kiln._calls import wait as wait
 from kiln.agent import CONCURRENCY_GROUPS, WORK_THREADS, Agent, agent_name
 from kiln.errors import (

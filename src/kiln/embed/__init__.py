@@ -15,10 +15,11 @@ import sys
 import types
 from typing import Any
 
-from kiln.embed.api import embed
+from kiln.embed.api import check_texts, embed, is_retryable
 from kiln.embed.local import LocalEncoder
+from kiln.embed.models import resolve, set_offline
 
-__all__ = ["LocalEncoder", "embed"]
+__all__ = ["LocalEncoder", "check_texts", "embed", "is_retryable", "resolve", "set_offline"]
 
 
 class _CallableModule(types.ModuleType):
