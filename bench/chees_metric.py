@@ -4,7 +4,7 @@
 
 For the seed 001 model and eight schools (non-centered), kiln's engine in-process (no Ray):
 warm wall seconds, bulk ESS/s and unrounded R-hat of every scalar, for
-``engine.CHEES_MASS_MATRIX`` = None (BlackJAX's identity metric) and "diagonal".
+``kiln.bayes._chees.MASS_MATRIX`` = None (BlackJAX's identity metric) and "diagonal".
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def main() -> None:
     args = ap.parse_args()
     from test_bayes_posteriordb import CASES, _load
 
-    from kiln.bayes import engine
+    from kiln.bayes import _chees
     from kiln.bayes.examples import seed_001
 
     seed = seed_001()
@@ -62,7 +62,7 @@ def main() -> None:
     models = {"seed001": (seed.to_dict(), 500, 1000, 0.8), "eight_schools_nc": (build(data).to_dict(), 1000, 500, target)}
     result = {"chains": args.chains, "runs": {}}
     for metric in (None, "diagonal"):
-        engine.CHEES_MASS_MATRIX = metric
+        _chees.MASS_MATRIX = metric
         for name, (m, w, d, t) in models.items():
             r = measure(m, args.chains, w, d, t, args.repeats)
             result["runs"][f"{name}/{metric}"] = r

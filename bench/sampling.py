@@ -1,4 +1,5 @@
-"""Sampling benchmark (not a test): the seed 001 demo through kiln.sample against its peers.
+"""Sampling benchmark (not a test): a 4-chain Bayesian model (mu ~ Normal(0, 10), sigma ~
+HalfNormal(2), 10 observations) through kiln.sample, against its peers.
 
     python bench/sampling.py                          # CPU: kiln cold/warm vs NumPyro, BlackJAX, PyMC
     python bench/sampling.py --chains 4,1024,4096     # GPU node: many chains, NUTS and ChEES
@@ -185,7 +186,7 @@ def main() -> None:
         "host": socket.gethostname(), "python": sys.version.split()[0], "machine": platform.machine(),
         "cpus": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()], "warmup": WARMUP, "draws": DRAWS,
-        "model": "seed 001: mu ~ N(0,10), sigma ~ HalfN(2), 10 observations", "runs": []}
+        "model": "mu ~ Normal(0, 10), sigma ~ HalfNormal(2), 10 observations", "runs": []}
     for chains in chain_counts:
         methods = {"auto": ["nuts"] + (["chees"] if chains >= 1024 else []),
                    "both": ["nuts", "chees"]}.get(args.method, [args.method])

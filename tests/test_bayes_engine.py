@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from kiln.bayes import Custom, HalfNormal, Model, Normal, engine
+from kiln.bayes.examples import check_seed_001
 from kiln.errors import SpecError
 
 SEED_Y = [2.1, 2.5, 1.8, 2.3, 2.7, 1.9, 2.4, 2.2, 2.6, 2.0]
@@ -46,7 +47,10 @@ def test_new_parameter_values_and_data_reuse_the_compiled_program():
     assert again["samples"]["mu"].mean() == pytest.approx(7.0, abs=0.5)  # it used the new data
     engine.run(seed_model(y=SEED_Y[:5]), 4, seed=1, cache=cache, **RUN)  # new shape: compiles
     assert cache.compiles == 2
-    assert cache.info() == {"compiles": 2, "hits": 1, "programs": 2, "models": 2}
+    info = cache.info()
+    assert {k: info[k] for k in ("compiles", "hits", "programs", "models")} == {
+        "compiles": 2, "hits": 1, "programs": 2, "models": 2}
+    assert info["programs_misses"] == 2 and info["models_hits"] == 1 and info["models_misses"] == 2
 
 
 def test_a_chain_gives_the_same_draws_whatever_batch_it_runs_in():
@@ -71,29 +75,31 @@ def test_progress_is_reported_from_inside_the_run():
     seen: list[dict] = []
     engine.run(seed_model(), 4, seed=1, progress=seen.append, **RUN)
     sampling = [p for p in seen if p["phase"] == "sampling"]
-    assert [p["draws_done"] for p in sampling] == list(range(100, 1001, 100))
+    done = [p["draws_done"] for p in sampling]
+    # at least every PROGRESS_EVERY draws, in order, up to the last one
+    assert done[-1] == 1000 and np.all(np.diff([0, *done]) > 0)
+    assert np.all(np.diff([0, *done]) <= engine.PROGRESS_EVERY)
     assert len(sampling[-1]["divergences"]) == 4 and len(sampling[-1]["step_size"]) == 4
     assert seen[-1]["phase"] == "done"
 
 
 def test_shared_warmup_gives_parameters_every_chain_can_start_from():
     model = seed_model()
-    w = engine.warmup(model, [0, 1], seed=1, warmup=500)
+    w = engine.warmup(model, [0, 1], seed=1, warmup=500, mass_matrix="diag")
     assert w["step_size"] > 0 and w["inverse_mass_matrix"].shape == (2,)
     assert w["positions"].shape == (2, 2)
     adaptation = {"step_size": w["step_size"], "inverse_mass_matrix": w["inverse_mass_matrix"],
                   "positions": w["positions"][[0, 1, 0, 1]]}
     r = engine.run(model, 4, seed=1, warmup=100, draws=1000, adaptation=adaptation)
     np.testing.assert_allclose(r["stats"]["step_size"], w["step_size"])
-    assert r["samples"]["mu"].mean() == pytest.approx(2.25, abs=0.05)
-    assert r["samples"]["sigma"].mean() == pytest.approx(0.36, abs=0.05)
+    check_seed_001(r["samples"])
 
 
 def test_chees_samples_many_chains_with_one_trajectory_length():
     r = engine.run(seed_model(), 16, seed=1, warmup=300, draws=300, method="chees")
     assert r["samples"]["mu"].shape == (16, 300)
     assert len(set(np.round(r["stats"]["step_size"], 12))) == 1   # shared by all chains
-    assert r["samples"]["mu"].mean() == pytest.approx(2.25, abs=0.05)
+    check_seed_001(r["samples"], min_ess=300)
     assert not r["failed_chains"]
 
 
@@ -125,9 +131,41 @@ def test_device_choice_on_cpu_and_gpu_agents():
 @pytest.mark.parametrize("opts, field", [
     ({"draws": 0}, "draws"), ({"warmup": -1}, "warmup"), ({"seed": -1}, "seed"),
     ({"target_accept": 1.0}, "target_accept"), ({"method": "hmc"}, "method"),
-    ({"max_tree_depth": 0}, "max_tree_depth"),
+    ({"max_tree_depth": 0}, "max_tree_depth"), ({"mass_matrix": "full"}, "mass_matrix"),
 ])
 def test_bad_options_are_spec_errors(opts, field):
     with pytest.raises(SpecError) as e:
         engine.run(seed_model(), 4, **opts)
     assert e.value.field == field
+
+
+def test_a_watched_run_cut_into_chunks_gives_the_same_draws_as_one_program():
+    model = seed_model()
+    whole = engine.run(model, 4, seed=1, **RUN)
+    checks = []
+    chunked = engine.run(model, 4, seed=1, should_stop=lambda: checks.append(1) and False,
+                         progress=lambda p: None, **RUN)
+    assert len(checks) > 3                       # it was cut, and checked between the pieces
+    for k in ("mu", "sigma"):
+        np.testing.assert_array_equal(chunked["samples"][k], whole["samples"][k])
+    np.testing.assert_array_equal(chunked["stats"]["tree_depth"], whole["stats"]["tree_depth"])
+    np.testing.assert_array_equal(chunked["log_likelihood"]["y_obs"], whole["log_likelihood"]["y_obs"])
+
+
+def test_dense_mass_matrix_is_adapted_for_a_small_model_and_diag_on_request():
+    dense = engine.run(seed_model(), 4, seed=1, mass_matrix="dense", **RUN)
+    diag = engine.run(seed_model(), 4, seed=1, mass_matrix="diag", **RUN)
+    auto = engine.run(seed_model(), 4, seed=1, **RUN)
+    assert dense["_inverse_mass_matrix"].shape == (4, 2, 2)
+    assert diag["_inverse_mass_matrix"].shape == (4, 2)
+    np.testing.assert_array_equal(auto["samples"]["mu"], dense["samples"]["mu"])  # 2 <= 50: dense
+    assert dense["stats"]["max_tree_depth"].tolist() == [10] * 4
+
+
+def test_shared_warmup_carries_a_dense_metric():
+    w = engine.warmup(seed_model(), [0, 1, 2, 3], seed=1, warmup=500, mass_matrix="dense")
+    assert w["inverse_mass_matrix"].shape == (2, 2)
+    adaptation = {"step_size": w["step_size"], "inverse_mass_matrix": w["inverse_mass_matrix"],
+                  "positions": w["positions"]}
+    r = engine.run(seed_model(), 4, seed=1, warmup=100, draws=200, adaptation=adaptation)
+    np.testing.assert_allclose(r["_inverse_mass_matrix"][0], w["inverse_mass_matrix"])

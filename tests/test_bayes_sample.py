@@ -6,13 +6,14 @@ from __future__ import annotations
 import threading
 import time
 
+import arviz as az
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import kiln
 from kiln.bayes import Custom, Model, Normal, StudentT
-from kiln.bayes.examples import SEED_001_OBSERVATIONS, seed_001
+from kiln.bayes.examples import SEED_001_OBSERVATIONS, check_seed_001, seed_001
 from kiln.errors import CallTimeoutError, SpecError, UnknownReferenceError
 
 SEED_Y = list(SEED_001_OBSERVATIONS)
@@ -31,10 +32,9 @@ def test_the_seed_001_demo(embedded):
     post = kiln.sample(seed_model(), chains=4, warmup=500, draws=1000, on="local", seed=1,
                        timeout=120, progress=True)
     assert post.chains[0]["mu"].shape == (1000,) and post["mu"].shape == (4000,)
+    check_seed_001(post.samples, min_ess=800)     # the quadrature's means, within 4 MCSE
     s = post.summary()
-    assert s.loc["mu", "mean"] == pytest.approx(2.25, abs=0.03)
-    assert s.loc["sigma", "mean"] == pytest.approx(0.36, abs=0.03)
-    assert s.loc["mu", "r_hat"] < 1.01
+    assert s.loc["mu", "r_hat"] < 1.01 and s.loc["sigma", "r_hat"] < 1.01
     assert set(post.idata.groups()) >= {"posterior", "sample_stats", "observed_data", "log_likelihood"}
     [p] = post.placement
     assert p["chains"] == [0, 1, 2, 3] and p["node"] == "local" and p["device"] == "cpu"
@@ -49,7 +49,8 @@ def test_the_seed_001_demo(embedded):
 
 def test_a_call_past_its_timeout_is_retried_then_reported(embedded):
     model = Model().rv("x", StudentT(3.0, 0.0, 1.0))   # a new structure: compiling takes seconds
-    with pytest.raises(CallTimeoutError, match=r"chains \[0, 1\] on kiln-agent:local:cpu ran past timeout=0.05 s"):
+    with pytest.raises(CallTimeoutError, match=r"ran past its timeout of 0.05 s with chains "
+                                                r"\[0, 1\] unfinished on kiln-agent:local:cpu"):
         kiln.sample(model, chains=2, warmup=50, draws=50, timeout=0.05, retries=1, progress=False)
     post = kiln.sample(seed_model(), chains=2, warmup=500, draws=1000, timeout=120, progress=False)
     assert post["mu"].shape == (2000,)                   # the agent stayed usable
@@ -67,7 +68,7 @@ def numpyro_model(y=None):
 def test_a_numpyro_model_function_ships_by_value(embedded):
     post = kiln.sample(numpyro_model, data={"y": np.asarray(SEED_Y)}, chains=4, warmup=500,
                        draws=1000, seed=1, progress=False)
-    assert post["mu"].mean() == pytest.approx(2.25, abs=0.03)
+    check_seed_001(post.samples, min_ess=800)
     assert post.log_likelihood["y"].shape == (4, 1000, 10)
 
 
@@ -79,8 +80,10 @@ def test_a_custom_log_density_written_here_runs_on_the_agent(embedded):
 
     model = Model().rv("x", Custom(half_normal_logp, support="positive", s=1.0))
     post = kiln.sample(model, chains=4, warmup=500, draws=1000, seed=2, progress=False)
-    # a half-normal with scale 1: mean sqrt(2/pi)
-    assert post["x"].mean() == pytest.approx(np.sqrt(2 / np.pi), abs=0.06)
+    # a half-normal with scale 1: mean sqrt(2/pi), sd sqrt(1 - 2/pi)
+    ess = float(az.ess(post.samples["x"]))
+    assert ess >= 400
+    assert abs(post["x"].mean() - np.sqrt(2 / np.pi)) <= 4 * np.sqrt(1 - 2 / np.pi) / np.sqrt(ess)
 
 
 def test_shared_warmup_broadcasts_one_adaptation(embedded):
@@ -89,7 +92,7 @@ def test_shared_warmup_broadcasts_one_adaptation(embedded):
     ops = [p["op"] for p in post.placement]
     assert ops == ["warmup", "sample"]
     assert len(set(np.round(post.stats["step_size"], 12))) == 1
-    assert post["mu"].mean() == pytest.approx(2.25, abs=0.03)
+    check_seed_001(post.samples, min_ess=800)
 
 
 @pytest.mark.multinode

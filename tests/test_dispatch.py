@@ -52,7 +52,9 @@ def test_new_parameter_values_do_not_compile_again(embedded):
                       num_warmup=50, num_samples=50)
     assert r.compiled is False
     assert agent.info()["bayes"]["compiles"] == before
-    assert r.samples["x"].mean() == pytest.approx(5.0 / 3.0, rel=0.25)
+    # it sampled the new Gamma(5, 3): mean 5/3, sd sqrt(5)/3, within 4 Monte Carlo errors
+    ess = float(az.ess(r.chains[0]["x"][None]))
+    assert abs(r.mean() - 5.0 / 3.0) <= 4 * math.sqrt(5.0) / 3.0 / math.sqrt(ess)
 
 
 @pytest.mark.parametrize("spec, field, words", [
@@ -73,6 +75,8 @@ def test_bad_specs_name_the_field_and_the_agent_serves_the_next_call(embedded, s
 
 
 @pytest.mark.parametrize("opts, field", [
+    ({"method": "hmc"}, "method"), ({"mass_matrix": "full"}, "mass_matrix"),
+    ({"retries": 2}, "retries"),     # kiln.sample's option, not dispatch's
     ({"num_samples": 0}, "num_samples"),
     ({"num_warmup": -1}, "num_warmup"),
     ({"chains": 1.5}, "chains"),
@@ -117,5 +121,9 @@ def test_combine_pools_two_nodes(three_nodes):
     assert both.samples["x"].shape == (400,)
     assert both.node == "n1+n3"
     np.testing.assert_array_equal(both.samples["x"][:200], parts[0].samples["x"])
-    assert both.mean() == pytest.approx(np.mean(both.samples["x"]))
-    assert abs(both.mean()) < 0.5 and 0.6 < both.std() < 1.4
+    # the pooled draws are N(0, 1)'s: mean and sd within 4 Monte Carlo errors of the truth
+    draws = np.stack([c["x"] for c in both.chains])                # (2 nodes, 200)
+    ess = float(az.ess(draws))
+    assert ess >= 100
+    assert abs(both.mean()) <= 4 / math.sqrt(ess)
+    assert abs(both.std() - 1.0) <= 4 / math.sqrt(2 * ess)

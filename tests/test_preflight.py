@@ -1,6 +1,9 @@
 """Agents check every boundary at start and refuse with a clear reason (seed 000's fixes 1-4)."""
 
+import importlib.util
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -23,9 +26,28 @@ def test_gpu_only_keys_are_compared_only_when_both_sides_have_them():
     assert "cuda_driver" in preflight.differences({**driver, "cuda_driver": "570.0"}, node)
 
 
-def test_the_source_hash_changes_with_kiln_source(tmp_path, monkeypatch):
-    before = preflight.source_hash()
-    assert len(before) == 16 and before == preflight.source_hash()
+def _source_hash_of(copy: Path) -> str:
+    # preflight.py loaded from the copy hashes the copy: the tree its own file sits in
+    spec = importlib.util.spec_from_file_location("kiln_copy_preflight", copy / "preflight.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.source_hash()
+
+
+def test_the_source_hash_changes_with_kiln_source(tmp_path):
+    copy = tmp_path / "kiln"
+    shutil.copytree(Path(preflight.__file__).parent, copy,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    before = _source_hash_of(copy)
+    assert len(before) == 16 and before == preflight.source_hash()   # same code, same hash
+    engine = copy / "bayes" / "engine.py"
+    engine.write_text(engine.read_text() + "\n# one more line\n")
+    after = _source_hash_of(copy)
+    assert after != before
+    engine.write_text(engine.read_text().removesuffix("\n# one more line\n"))
+    assert _source_hash_of(copy) == before
+    (copy / "new_module.py").write_text("")                          # a new file counts too
+    assert _source_hash_of(copy) != before
 
 
 def _refused(cluster, env):

@@ -9,15 +9,14 @@ The spec crosses the wire as plain data; the node's agent builds the model on it
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
-from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 
 from kiln import cluster
+from kiln.bayes import options
 from kiln.errors import SpecError
 
 
@@ -57,14 +56,13 @@ class DispatchResult:
         return dispatch_html(self)
 
 
-_OPTIONS = {"num_warmup", "num_samples", "chains", "seed", "timeout", "target_accept",
-            "max_tree_depth", "device", "method"}
+_NAMES = {"warmup": "num_warmup", "draws": "num_samples"}   # seed 000's spelling
 
 
 def dispatch(node: str, spec: dict[str, Any], *, num_warmup: int = 500, num_samples: int = 500,
              chains: int = 1, seed: int = 0, timeout: float | None = None,
              target_accept: float = 0.8, max_tree_depth: int = 10, device: str = "auto",
-             method: str = "nuts", **unknown: Any) -> DispatchResult:
+             method: str = "nuts", mass_matrix: str = "auto", **unknown: Any) -> DispatchResult:
     """Sample the distribution ``spec`` (``{"dist": NAME, **params}``) with NUTS on ``node``.
 
     Bad specs and options raise ``SpecError`` naming the field, on the driver, before anything
@@ -72,17 +70,14 @@ def dispatch(node: str, spec: dict[str, Any], *, num_warmup: int = 500, num_samp
     ``timeout`` seconds raises ``CallTimeoutError`` and the agent stays usable.
     """
     if unknown:
-        raise SpecError(sorted(unknown)[0], f"unknown option; known options: {', '.join(sorted(_OPTIONS))}")
-    _check_int("num_warmup", num_warmup, minimum=0)
-    _check_int("num_samples", num_samples, minimum=1)
-    _check_int("chains", chains, minimum=1)
-    _check_int("seed", seed, minimum=0)
-    _check_int("max_tree_depth", max_tree_depth, minimum=1)
-    _check_real("target_accept", target_accept, low=0.0, high=1.0)
-    if timeout is not None:
-        _check_real("timeout", timeout, low=0.0, high=math.inf)
-    if device not in ("auto", "gpu", "cpu"):
-        raise SpecError("device", f"must be 'auto', 'gpu' or 'cpu', got {device!r}")
+        raise SpecError(sorted(unknown)[0], "unknown option; known options: " + ", ".join(sorted(
+            ["num_warmup", "num_samples", "chains", "seed", "timeout", "target_accept",
+             "max_tree_depth", "device", "method", "mass_matrix"])))
+    opts, driver = options.split({
+        "warmup": num_warmup, "draws": num_samples, "chains": chains, "seed": seed,
+        "timeout": timeout, "target_accept": target_accept, "max_tree_depth": max_tree_depth,
+        "device": device, "method": method, "mass_matrix": mass_matrix},
+        names=_NAMES)
     if not isinstance(spec, dict):
         raise SpecError("spec", f"must be a dict like {{'dist': 'normal', 'mu': 0.0, 'sigma': 1.0}}, "
                         f"got {type(spec).__name__}")
@@ -90,14 +85,10 @@ def dispatch(node: str, spec: dict[str, Any], *, num_warmup: int = 500, num_samp
 
     model = spec_to_model(spec)
     agent = cluster.current().agents(on=node)[0]
-    payload = {
-        "model": model.to_dict(), "chains": list(range(chains)), "seed": seed,
-        "warmup": num_warmup, "draws": num_samples, "target_accept": target_accept,
-        "max_tree_depth": max_tree_depth, "method": method, "device": device, "init": None,
-        "adaptation": None, "progress_key": None,
-    }
+    payload = {"model": model.to_dict(), "chains": list(range(driver.chains)), "options": opts,
+               "init": None, "adaptation": None, "progress_key": None}
     started = time.perf_counter()
-    out = agent.invoke("bayes", "sample", payload, timeout=timeout)
+    out = agent.invoke("bayes", "sample", payload, timeout=driver.timeout)
     round_trip = time.perf_counter() - started
     return _result(out, agent, round_trip)
 
@@ -145,17 +136,3 @@ def combine(results: list[DispatchResult]) -> DispatchResult:
                           node="+".join(r.node for r in results),
                           device="+".join(r.device for r in results),
                           parts=list(results))
-
-
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise SpecError(name, f"must be an integer, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise SpecError(name, f"must be >= {minimum}, got {value}")
-
-
-def _check_real(name: str, value: Any, *, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise SpecError(name, f"must be a number, got {type(value).__name__} {value!r}")
-    if not (low < float(value) < high) and not (high == math.inf and float(value) > low):
-        raise SpecError(name, f"must be in ({low}, {high}), got {value}")

@@ -6,6 +6,9 @@ y ~ Normal(mu, sigma). Its posterior means are about mu 2.25 and sigma 0.355.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from .distributions import HalfNormal, Normal
 from .model import Model
 
@@ -35,3 +38,23 @@ def seed_001_posterior_means() -> dict[str, float]:
     w = np.exp(logp - logp.max())
     w /= w.sum()
     return {"mu": float((w * mu).sum()), "sigma": float((w * sigma).sum())}
+
+
+def check_seed_001(samples: dict[str, Any], *, min_ess: float = 400.0, k: float = 4.0) -> None:
+    """Assert that sampled `mu` and `sigma` ((chains, draws) arrays) match the quadrature means
+    within `k` Monte Carlo standard errors, after asserting an ESS floor: a sampler that mixes
+    badly must fail here rather than widen its own tolerance. Tests and `kiln demo` use it."""
+    import arviz as az
+    import numpy as np
+
+    truth = seed_001_posterior_means()
+    for name in ("mu", "sigma"):
+        x = np.asarray(samples[name])
+        ess = float(az.ess(x))
+        if not ess >= min_ess:
+            raise AssertionError(f"{name}: ESS {ess:.0f} < {min_ess:.0f}")
+        mcse = float(x.std()) / math.sqrt(ess)
+        # + the quadrature's own error (~1e-4)
+        if not abs(float(x.mean()) - truth[name]) <= k * mcse + 2e-4:
+            raise AssertionError(f"{name}: mean {x.mean():.5f}, truth {truth[name]:.5f}, "
+                                 f"MCSE {mcse:.5f} (ESS {ess:.0f})")

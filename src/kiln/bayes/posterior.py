@@ -31,7 +31,7 @@ class Posterior(Mapping[str, np.ndarray]):
         self.log_likelihood = {k: np.asarray(v) for k, v in (log_likelihood or {}).items()}
         self.observed_data = {k: np.asarray(v) for k, v in (observed_data or {}).items()}
         self.placement = placement or []
-        self.warnings = warnings or []
+        self.run_warnings = list(warnings or [])
         self.timing = timing or {}
         first = next(iter(self.samples.values()))
         self.chain_ids = chain_ids if chain_ids is not None else list(range(first.shape[0]))
@@ -63,6 +63,49 @@ class Posterior(Mapping[str, np.ndarray]):
     def __len__(self) -> int:
         return len(self.samples)
 
+    # -- sampler diagnostics ----------------------------------------------------------
+
+    @property
+    def warnings(self) -> list[str]:
+        """What went wrong on the agents, then the sampler's diagnostics in plain words."""
+        return self.run_warnings + self._diagnostic_warnings()
+
+    def sampler_diagnostics(self) -> dict[str, Any]:
+        """Per chain: divergent transitions after warm-up, and the fraction of draws whose
+        trajectory hit `max_tree_depth` (NUTS gave up lengthening it, not the posterior)."""
+        div = self.stats.get("diverging")
+        depth, max_depth = self.stats.get("tree_depth"), self.stats.get("max_tree_depth")
+        out: dict[str, Any] = {"chain": list(self.chain_ids)}
+        out["divergences"] = (np.asarray(div).sum(axis=1).astype(int).tolist()
+                              if div is not None else None)
+        if depth is not None and max_depth is not None and np.all(np.asarray(max_depth) > 0):
+            md = np.asarray(max_depth).reshape(len(out["chain"]), -1)[:, :1]
+            out["max_tree_depth"] = md[:, 0].astype(int).tolist()
+            out["at_max_tree_depth"] = np.mean(np.asarray(depth) >= md, axis=1).tolist()
+        return out
+
+    def _diagnostic_warnings(self) -> list[str]:
+        d = self.sampler_diagnostics()
+        found = []
+        div = d.get("divergences")
+        if div and sum(div):
+            total = sum(div) / (self.num_chains * self.num_draws)
+            found.append(
+                f"{sum(div)} divergent transition(s) after warm-up ({total:.1%} of draws; per "
+                f"chain {div}): the sampler could not follow the posterior's curvature somewhere, "
+                "so the draws may be biased there. Raise target_accept (e.g. 0.95), or "
+                "reparameterise (e.g. a non-centred hierarchical model).")
+        sat = d.get("at_max_tree_depth")
+        if sat and max(sat) >= 0.01:
+            worst = max(sat)
+            found.append(
+                f"{worst:.0%} of draws hit max_tree_depth={d['max_tree_depth'][0]} (per chain "
+                f"{', '.join(f'{x:.0%}' for x in sat)}): trajectories were cut short, which "
+                "costs time and mixing. Parameters on very different scales or strongly "
+                "correlated usually cause it: try mass_matrix='dense', standardise predictors "
+                "or reparameterise; or raise max_tree_depth.")
+        return found
+
     def mean(self, name: str) -> np.ndarray:
         return self[name].mean(axis=0)
 
@@ -87,14 +130,20 @@ class Posterior(Mapping[str, np.ndarray]):
                 log_likelihood=self.log_likelihood or None,
                 observed_data=self.observed_data or None,
                 posterior_attrs={"kiln_placement": json.dumps(self.placement, default=str),
-                                 "kiln_warnings": json.dumps(self.warnings),
+                                 "kiln_warnings": json.dumps(self.run_warnings),
                                  "kiln_chain_ids": json.dumps(self.chain_ids)})
         return self._idata
 
     def summary(self, **kwargs: Any) -> Any:
-        """arviz.summary: mean, sd, hdi_3%, hdi_97%, mcse, ess_bulk, ess_tail, r_hat."""
+        """arviz.summary: mean, sd, hdi_3%, hdi_97%, mcse, ess_bulk, ess_tail, r_hat.
+
+        Unrounded (ArviZ rounds to 2 decimals by default, which shows an MCSE of 1.4e-5 as
+        0.000 and an R-hat of 1.0084 as 1.01): every digit needed to judge convergence.
+        `round_to=` as in ArviZ.
+        """
         import arviz as az
 
+        kwargs.setdefault("round_to", "none")
         return az.summary(self.idata, **kwargs)
 
     def plot_trace(self, **kwargs: Any) -> Any:
@@ -119,12 +168,18 @@ class Posterior(Mapping[str, np.ndarray]):
 
         return az.loo(self.idata, var_name=var_name or self._one_loglik(), **kwargs)
 
-    def _one_loglik(self) -> str | None:
-        from ..errors import SamplingError
+    def _one_loglik(self) -> str:
+        from ..errors import SamplingError, SpecError
 
         if not self.log_likelihood:
-            raise SamplingError("no log-likelihood was recorded (the model has no observation)")
-        return next(iter(self.log_likelihood)) if len(self.log_likelihood) == 1 else None
+            raise SamplingError("no log-likelihood was recorded (the model has no observation, "
+                                "or it was sampled with log_likelihood=False)")
+        if len(self.log_likelihood) > 1:
+            names = ", ".join(repr(k) for k in self.log_likelihood)
+            raise SpecError("var_name", f"the model has {len(self.log_likelihood)} likelihood "
+                            f"sites ({names}); name the one to use, e.g. "
+                            f"var_name={next(iter(self.log_likelihood))!r}")
+        return next(iter(self.log_likelihood))
 
     # -- files --------------------------------------------------------------------
 
@@ -143,7 +198,7 @@ class Posterior(Mapping[str, np.ndarray]):
         return f"<Posterior {self.num_chains} chains x {self.num_draws} draws: {names}{where}{warn}>"
 
     def _repr_html_(self) -> str:
-        table = self.summary().to_html(float_format=lambda x: f"{x:.3g}")
+        table = self.summary().to_html(float_format=lambda x: f"{x:.4g}")
         head = (f"<p><b>Posterior</b>: {self.num_chains} chains &times; {self.num_draws} draws"
                 + "".join(f"<br>&#9888; {w}" for w in self.warnings) + "</p>")
         return head + table
@@ -161,7 +216,7 @@ def load(path: str) -> Posterior:
     if "sample_stats" in idata.groups():
         for k in idata.sample_stats.data_vars:
             v = np.asarray(idata.sample_stats[k].values)
-            stats[inverse.get(k, k)] = v[:, 0] if k == "step_size" else v
+            stats[inverse.get(k, k)] = v[:, 0] if k in ("step_size", "max_tree_depth") else v
     loglik = ({k: np.asarray(idata.log_likelihood[k].values) for k in idata.log_likelihood.data_vars}
               if "log_likelihood" in idata.groups() else {})
     obs = ({k: np.asarray(idata.observed_data[k].values) for k in idata.observed_data.data_vars}

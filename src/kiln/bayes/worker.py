@@ -2,20 +2,19 @@
 
 Ops: `sample(state, payload, ctx)` and `warmup(state, payload, ctx)`; `info(state)`.
 
-Payload (plain data; `kiln.dispatch` and `kiln.sample` send it):
+Payload (`kiln.dispatch` and `kiln.sample` send it):
 
     {"model": <Model.to_dict() or a NumPyro-function payload>,
-     "chains": [chain indices], "seed": int, "warmup": int, "draws": int,
-     "target_accept": float, "max_tree_depth": int, "method": "nuts" | "chees",
-     "device": "auto" | "cpu" | "gpu", "init": {name: value} | None,
+     "chains": [chain indices], "options": SampleOptions (options.py; validated on the driver),
+     "init": {name: value} | None,
      "adaptation": {"step_size", "inverse_mass_matrix", "positions"} | None,
-     "progress_key": str | None, "log_likelihood": bool (default True)}
+     "progress_key": str | None}
 
 `sample` returns
 
     {"chains": [...], "samples": {name: (n_chains, draws, *shape)},
      "stats": {"step_size": (n_chains,), "acceptance_rate" | "diverging" | "tree_depth" |
-               "energy" | "num_steps": (n_chains, draws)},
+               "energy" | "num_steps": (n_chains, draws), "max_tree_depth": (n_chains,)},
      "log_likelihood": {obs_name: (n_chains, draws, *data_shape)},
      "observed": {obs_name: data shape},
      "timing": {"compile_s", "sample_s", "total_s"}, "compiled": bool, "compiles": int,
@@ -30,9 +29,11 @@ from typing import Any
 
 from ..errors import SpecError
 from . import engine
+from .options import SampleOptions
 
-_KEYS = {"model", "chains", "seed", "warmup", "draws", "target_accept", "max_tree_depth",
-         "method", "device", "init", "adaptation", "progress_key", "log_likelihood"}
+OPS = ("sample", "warmup")  # the jobs an agent may run (kiln._protocol)
+
+_KEYS = {"model", "chains", "options", "init", "adaptation", "progress_key"}
 
 
 class State:
@@ -58,17 +59,21 @@ def _persistent_compilation_cache() -> None:
             pass  # a read-only home: compile in memory only
 
 
-def _options(payload: dict[str, Any]) -> dict[str, Any]:
+def _payload(payload: dict[str, Any]) -> tuple[dict[str, Any], SampleOptions]:
     if not isinstance(payload, dict):
         raise SpecError("payload", "a dict")
     extra = set(payload) - _KEYS
     if extra:
-        raise SpecError(sorted(extra)[0], f"unknown sampling option; known: {', '.join(sorted(_KEYS))}")
+        raise SpecError(sorted(extra)[0], f"unknown payload key; known: {', '.join(sorted(_KEYS))}")
     if not isinstance(payload.get("model"), dict):
         raise SpecError("model", "a model dict (Model.to_dict())")
     if "chains" not in payload:
         raise SpecError("chains", "missing: the chain indices to run")
-    return payload
+    opts = payload.get("options")
+    if not isinstance(opts, SampleOptions):
+        # a caller that did not go through kiln.sample / kiln.dispatch: checked here, once
+        opts = SampleOptions.parse(dict(opts or {}))
+    return payload, opts
 
 
 def _reporter(ctx: Any, key: str | None, chains: list[int]) -> Any:
@@ -82,15 +87,12 @@ def _reporter(ctx: Any, key: str | None, chains: list[int]) -> Any:
 
 
 def sample(state: State, payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
-    """Run the payload's chains on this agent (one compiled program for all of them)."""
-    p = _options(payload)
+    """Run the payload's chains on this agent; stops between chunks when `ctx.cancelled()`."""
+    p, opts = _payload(payload)
     chains = p["chains"]
     out = engine.run(
-        p["model"], chains, p.get("seed", 0), warmup=p.get("warmup", 500),
-        draws=p.get("draws", 1000), target_accept=p.get("target_accept", 0.8),
-        max_tree_depth=p.get("max_tree_depth", 10), method=p.get("method", "nuts"),
-        device=p.get("device", "auto"), platform=state.platform, init=p.get("init"),
-        adaptation=p.get("adaptation"), log_likelihood=p.get("log_likelihood", True),
+        p["model"], chains, options=opts, platform=state.platform, init=p.get("init"),
+        adaptation=p.get("adaptation"), should_stop=getattr(ctx, "cancelled", None),
         progress=_reporter(ctx, p.get("progress_key"), list(chains) if not isinstance(chains, int)
                            else list(range(chains))),
         cache=state.cache)
@@ -104,12 +106,10 @@ def sample(state: State, payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
 def warmup(state: State, payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
     """Warm up the payload's chains once; returns pooled step size and mass matrix,
     and each chain's last position, for `sample(adaptation=...)` on any agent."""
-    p = _options(payload)
-    out = engine.warmup(
-        p["model"], p["chains"], p.get("seed", 0), warmup=p.get("warmup", 500),
-        target_accept=p.get("target_accept", 0.8), max_tree_depth=p.get("max_tree_depth", 10),
-        device=p.get("device", "auto"), platform=state.platform, init=p.get("init"),
-        cache=state.cache)
+    p, opts = _payload(payload)
+    out = engine.warmup(p["model"], p["chains"], options=opts, platform=state.platform,
+                        init=p.get("init"), should_stop=getattr(ctx, "cancelled", None),
+                        cache=state.cache)
     out["node"] = getattr(ctx, "node", None)
     out["agent"] = getattr(ctx, "name", None)
     return out
