@@ -38,6 +38,15 @@ def test_consistent_hashing_keeps_a_text_on_one_agent(three_nodes):
         assert set(spread["node"].split(",")) == set(owners.values())
         parallel = client.post("/infer/parallel", json={"texts": list(owners)}).json()
         assert parallel["nodes_used"] == 3
+        # ?strategy= on /infer/parallel: round-robin chunks land on other agents' caches,
+        # consistent hashing sends each text to its owner (the cache hit proves it)
+        hashed = client.post("/infer/parallel?strategy=consistent_hash",
+                             json={"texts": list(owners)}).json()
+        assert hashed["cached"] == 12 and set(hashed["nodes"]) == set(owners.values())
+        fresh = [f"never seen {i}" for i in range(12)]
+        rr = client.post("/infer/parallel?strategy=round_robin", json={"texts": fresh}).json()
+        again = client.post("/infer/parallel?strategy=consistent_hash", json={"texts": fresh}).json()
+        assert rr["cached"] == 0 and again["cached"] < 12
 
 
 @pytest.mark.slow

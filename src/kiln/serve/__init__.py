@@ -1,7 +1,9 @@
 """The HTTP gateway (seed 002): FastAPI routes embedding requests to the cluster's agents.
 
-``run(...)`` attaches to the cluster and serves; ``create_app(...)`` (in ``kiln.serve.app``)
-builds the ASGI app for embedding in another server or a test. Importing this package imports
+``run(...)`` serves the gateway as ``kiln serve`` does (a supervisor holding the port and
+worker processes that attach to the cluster: ``kiln.serve.supervisor``); ``create_app(...)``
+(in ``kiln.serve.app``) builds the ASGI app for embedding in another server or a test, and
+``kiln.serve.server.BackgroundServer`` serves one in a thread. Importing this package imports
 neither FastAPI nor uvicorn: ``kiln.embed`` uses its routing strategies.
 """
 
@@ -20,21 +22,12 @@ def create_app(*args: Any, **kwargs: Any) -> Any:
 
 
 def run(host: str = "127.0.0.1", port: int = 8000, strategy: str = "round_robin",
-        api_key_file: str | None = None, address: str | None = None, *,
-        log_level: str = "info", **options: Any) -> None:
-    """Attach to the cluster (``kiln.connect(address)``; no address: the embedded default) and
-    serve the gateway with uvicorn on ``host:port`` until interrupted.
+        api_key_file: str | None = None, address: str | None = None, **options: Any) -> None:
+    """Serve the gateway on ``host:port`` until interrupted, attached to the cluster at
+    ``address`` (none: the embedded default). ``options``: the fields of
+    ``kiln.serve.options.ServeOptions`` (``workers``, ``fallback``, ``timeout``, ...)."""
+    from kiln.serve.options import ServeOptions
+    from kiln.serve.supervisor import serve
 
-    ``options`` go to ``create_app`` (``timeout``, ``retries``, ``fallback``, ``limits``, ...).
-    """
-    import uvicorn
-
-    import kiln
-    from kiln.serve.app import create_app as _create_app
-
-    cluster = kiln.connect(address)
-    app = _create_app(cluster, strategy=strategy, api_key_file=api_key_file, **options)
-    try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
-    finally:
-        kiln.shutdown(keep_agents=True)
+    serve(ServeOptions(host=host, port=port, strategy=strategy, api_key_file=api_key_file,
+                       address=address, **options))

@@ -1,18 +1,25 @@
 """The gateway's engine: route texts to agents, fail over, fall back to a local encoder.
 
 It is the seed's ``resilient_inference`` made whole: the routing strategy gives each group of
-texts an order of agents; a group whose agent dies (``AgentLostError``), errs, or runs past
-``timeout`` moves to the next agent, at most ``retries`` times; when no agent is ready, or all
-of them failed, the texts are encoded in the gateway process itself (``fallback``), and only
-when that is off or fails too does the request fail (503 with the reasons).
+texts an order of agents; a group whose agent dies (``AgentLostError``) or errs moves to the
+next agent, at most ``retries`` times; when no agent is ready, or all of them failed, the texts
+are encoded in the gateway process itself (``fallback``), and only when that is off or fails
+too does the request fail (503 with the reasons).
 
-A background refresher (one thread hop per ``refresh_s``) keeps the list of ready agents and
-their reported queue depths, so no request waits on a remote call that is not its own work.
+One deadline per request (``timeout``) is carried across every attempt: an attempt gets what
+is left of it, and an attempt that runs past it is cancelled on its agent (the agent drops the
+texts before encoding them, or stops) and the request answers 504. Nothing is encoded twice
+because a clock ran out: the issue's 1,400-text request was encoded three times (two agents,
+then the fallback), 3x the work, and answered after 158 s.
+
+The cluster itself is watched by ``kiln.serve.attach.ClusterLink`` (attached, lost, detached);
+while it is not attached, requests go to the fallback without touching Ray.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import socket
@@ -24,7 +31,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from kiln.embed.api import is_retryable
-from kiln.errors import AgentLostError, GatewayError
+from kiln.errors import AgentLostError, DeadlineExceededError, GatewayError
+from kiln.serve.attach import ClusterLink
+from kiln.serve.coalesce import Coalescer
 from kiln.serve.metrics import Metrics
 from kiln.serve.routing import STRATEGIES, Router, make_router, plan
 
@@ -49,6 +58,37 @@ class QueueFull(GatewayError):
     """Too many requests in flight."""
 
 
+# Requests for one agent share a cluster call (serve/coalesce.py); KILN_GATEWAY_COALESCE=0 turns
+# it off (each request its own call), for comparison.
+COALESCE = os.environ.get("KILN_GATEWAY_COALESCE", "1") != "0"
+
+
+class _Coalesced:
+    """An attempt riding the coalescer, shaped like a Call: awaitable, cancellable."""
+
+    def __init__(self, coalescer: Coalescer, agent: Any, payload: dict[str, Any]) -> None:
+        self._coalescer, self._agent, self._payload = coalescer, agent, payload
+        self._task: asyncio.Future | None = None
+
+    def __await__(self):
+        self._task = asyncio.ensure_future(self._coalescer.encode(
+            self._agent, self._payload["texts"], self._payload["model"],
+            self._payload.get("cache", True)))
+        return self._task.__await__()
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+class _ClusterLost(Exception):
+    pass
+
+
+class _AgentGone(Exception):
+    pass
+
+
 class Outcome(NamedTuple):
     embeddings: np.ndarray
     nodes: list[str]
@@ -59,18 +99,25 @@ class Outcome(NamedTuple):
 
 
 class Gateway:
-    """Routing, failover and fallback for one app; see the module docstring."""
+    """Routing, failover and fallback for one app; see the module docstring.
 
-    def __init__(self, cluster: Any, *, strategy: str = "round_robin", metrics: Metrics,
+    ``fallback``: encode in this process when no agent can; its model (``fallback_models``)
+    is loaded when the gateway starts, never on a request's path.
+    """
+
+    def __init__(self, link: ClusterLink, *, strategy: str = "round_robin", metrics: Metrics,
                  timeout: float = 30.0, retries: int = 2, fallback: bool = True,
-                 refresh_s: float = 1.0, limits: Limits | None = None) -> None:
+                 refresh_s: float = 1.0, limits: Limits | None = None,
+                 fallback_models: tuple[str, ...] = ("default",)) -> None:
         make_router(strategy)  # an unknown strategy fails here, before the server starts
-        self.cluster = cluster
+        self.link = link
         self.strategy = strategy
         self.metrics = metrics
+        self.coalescer: Coalescer | None = Coalescer() if COALESCE else None
         self.timeout = timeout
         self.retries = retries
         self.fallback = fallback
+        self.fallback_models = fallback_models if fallback else ()
         self.refresh_s = refresh_s
         self.limits = limits or Limits()
         self.routers: dict[str, Router] = {name: make_router(name) for name in STRATEGIES}
@@ -78,16 +125,40 @@ class Gateway:
         self.node_name = "gateway@" + (socket.gethostname().split(".")[0] or "local")
         self.started = time.time()
         self.inflight = 0
-        self._lost: set[str] = set()
-        self._local_state: Any = None
+        # Agent name -> when this gateway saw it fail. A restarted agent keeps its name (and,
+        # restarted by Ray in place, its handle), so a name is forgiven once a refresh that
+        # began after the failure lists it ready again; keeping names for good left a healthy
+        # node unused until the gateway restarted.
+        self._lost: dict[str, float] = {}
+        self._local: tuple[Any, Any] | None = None
         self._local_lock = threading.Lock()
+        self._local_jobs = itertools.count()
         self._task: asyncio.Task | None = None
+        self._refreshing: asyncio.Future | None = None
+        # Agents that failed their last status checks in a row, and one event per agent that
+        # calls in flight on it wait on beside their answer: a call in flight on an agent whose
+        # process died was seen to hang until Ray had restarted it (42 s here), past the
+        # request's deadline, so the refresher declares it gone after two missed checks.
+        self._missed: dict[str, int] = {}
+        self._gone: dict[str, asyncio.Event] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def cluster(self) -> Any:
+        return self.link.cluster
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        await asyncio.to_thread(self.refresh)
-        if self.cluster is not None:
-            self._task = asyncio.create_task(self._refresh_loop())
+        self._loop = asyncio.get_running_loop()
+        if self.fallback:
+            # Loaded now or never: a first bad request used to load it and take the gateway
+            # from 137 MB to 1.2 GB on the request path.
+            await asyncio.to_thread(self._load_fallback)
+        await self.link.start()
+        if self.link.state == "attached":
+            await asyncio.to_thread(self.refresh)
+        self.metrics.agents_ready.set(len(self.agents))
+        self._task = asyncio.create_task(self._watch())
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -96,40 +167,76 @@ class Gateway:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        await self.link.stop()
 
-    async def _refresh_loop(self) -> None:
+    async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.refresh_s)
             try:
-                await asyncio.to_thread(self.refresh)
-            except Exception as err:  # the cluster is changing under us; the next tick retries
-                log.warning("kiln serve: refreshing agents failed: %s", err)
+                await self.link.tick()
+            except Exception as err:  # the watcher must outlive whatever the cluster does
+                log.warning("kiln serve: watching the cluster failed: %s", err)
+            self.metrics.cluster_attached.set(self.link.state == "attached")
+            if self.link.state != "attached":
+                self._set_agents([])
+                continue
+            if self._refreshing is None or self._refreshing.done():
+                # One refresh at a time: a slow one (agents starting on a new node) must not
+                # pile threads up behind it.
+                self._refreshing = asyncio.ensure_future(asyncio.to_thread(self._refresh_safely))
+
+    def _refresh_safely(self) -> None:
+        try:
+            self.refresh()
+        except Exception as err:  # the cluster is changing under us; the next tick retries
+            log.warning("kiln serve: refreshing agents failed: %s", err)
 
     def refresh(self) -> None:
         """Ready agents and their queue depths (runs in a worker thread)."""
-        if self.cluster is None:
-            self.agents = []
-            self.metrics.agents_ready.set(0)
+        cluster = self.cluster
+        if cluster is None or self.link.state != "attached":
+            self._set_agents([])
             return
-        self.cluster.refresh()
-        agents = self.cluster.agents()
+        began = time.monotonic()
+        cluster.refresh()
+        agents = cluster.agents()
         depths = {}
         for h in agents:
             try:
                 depths[h.name] = int((h.info(timeout=2).get("inflight") or {}).get("embed", 0))
-            except Exception:  # a busy or dying agent: leave it to the request path to find out
-                continue
+                self._missed.pop(h.name, None)
+            except Exception:  # info answers from its own threads even when the agent is busy
+                self._missed[h.name] = self._missed.get(h.name, 0) + 1
+                if self._missed[h.name] == 2 and self._loop is not None:
+                    self._loop.call_soon_threadsafe(self._give_up_on, h.name)
         self.routers["least_loaded"].report(depths)
-        self._lost &= {h.name for h in agents}
-        self.agents = [h for h in agents if h.name not in self._lost]
-        self.metrics.agents_ready.set(len(self.agents))
+        names = {h.name for h in agents}
+        self._lost = {n: t for n, t in self._lost.items() if n in names and t >= began}
+        if self.link.state == "attached":
+            self._set_agents([h for h in agents if h.name not in self._lost])
+
+    def _give_up_on(self, name: str) -> None:
+        """Calls in flight on agent ``name`` stop waiting (they fail over; see __init__)."""
+        event = self._gone.pop(name, None)
+        if event is not None:
+            event.set()
+
+    def _set_agents(self, agents: list[Any]) -> None:
+        self.agents = agents
+        self.metrics.agents_ready.set(len(agents))
 
     def _mark_lost(self, agent: Any) -> None:
-        self._lost.add(agent.name)
-        self.agents = [h for h in self.agents if h.name != agent.name]
-        self.metrics.agents_ready.set(len(self.agents))
-        if self.cluster is not None:
-            self.cluster.mark_lost(agent)
+        self._lost[agent.name] = time.monotonic()
+        self._set_agents([h for h in self.agents if h.name != agent.name])
+        cluster = self.cluster
+        if cluster is not None:
+            cluster.mark_lost(agent)
+
+    def health(self) -> dict[str, Any]:
+        """``ok`` when an agent is ready; ``degraded`` when the gateway serves without one."""
+        ready = len(self.agents)
+        return {"status": "ok" if ready else "degraded", "agents_ready": ready,
+                "fallback": self.fallback, "cluster": self.link.state}
 
     # -- requests ------------------------------------------------------------------------------
     def admit(self) -> None:
@@ -139,16 +246,19 @@ class Gateway:
     async def encode(self, texts: list[str], model: str, strategy: str | None = None,
                      parallel: bool = False) -> Outcome:
         """Embeddings for ``texts`` in input order, from agents or, failing that, locally."""
+        deadline = time.monotonic() + self.timeout
         router = self.routers[strategy or self.strategy]
         agents = list(self.agents)
         if not agents:
-            return await self._fallback(texts, model, "no agent is ready")
-        if parallel:
-            groups = _split(len(texts), agents)
+            why = ("no agent is ready" if self.link.state == "attached"
+                   else f"no agent is ready (cluster {self.link.state})")
+            return await self._fallback(texts, model, why, deadline)
+        if parallel and not router.per_text:
+            groups = _split(len(texts), router.order(agents, texts[0]))
         else:
             groups = plan(texts, agents, router)
-        answers = await asyncio.gather(*(self._group(texts, idx, order, model, router)
-                                         for idx, order in groups))
+        answers = await _all_or_first_error(
+            [self._group(texts, idx, order, model, router, deadline) for idx, order in groups])
         dim = next((a["embeddings"].shape[1] for a in answers if isinstance(a, dict)), None)
         failed = [(idx, why) for (idx, _), why in zip(groups, answers, strict=True)
                   if isinstance(why, str)]
@@ -156,7 +266,7 @@ class Gateway:
         if failed:
             rest = [i for idx, _ in failed for i in idx]
             reasons = "; ".join(sorted({why for _, why in failed}))
-            local = await self._fallback([texts[i] for i in rest], model, reasons)
+            local = await self._fallback([texts[i] for i in rest], model, reasons, deadline)
             dim = local.embeddings.shape[1]
         out = np.empty((len(texts), dim), dtype=np.float32)
         nodes: list[str] = []
@@ -181,7 +291,7 @@ class Gateway:
         return Outcome(out, nodes, cached, truncated, tokens, local is not None)
 
     async def _group(self, texts: list[str], idx: list[int], order: list[Any], model: str,
-                     router: Router) -> dict[str, Any] | str:
+                     router: Router, deadline: float) -> dict[str, Any] | str:
         """One group's answer from the first agent that gives one, or why none did."""
         payload = {"texts": [texts[i] for i in idx], "model": model}
         why = "no agent answered"
@@ -191,18 +301,34 @@ class Gateway:
                 break
             if agent.name in self._lost:
                 continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceededError(self._late(why))
             if tried:
                 self.metrics.failovers.labels(reason=why.split(":")[0]).inc()
             tried += 1
             router.started(agent)
             started = time.perf_counter()
-            call = agent.submit("embed", "encode", payload)
+            call = self._submit(agent, payload)
             try:
-                answer = await asyncio.wait_for(_awaited(call), self.timeout)
-            except TimeoutError:  # asyncio's, or CallTimeoutError from the agent's side
-                call.cancel()
-                why = f"timeout: {agent.name} ran past {self.timeout} s"
+                answer = await self._answer(call, left, agent.name)
+            except _ClusterLost:
+                # The head is gone: Ray may never say that this agent died with it.
+                why = f"agent_lost: {agent.name}: the cluster was lost during the call"
+                break
+            except _AgentGone:
+                self._cancel(call)
+                self._mark_lost(agent)
+                why = f"agent_lost: {agent.name} stopped answering during the call"
                 continue
+            except asyncio.CancelledError:
+                # Another group failed for good, or the server stops: this attempt is superseded.
+                self._cancel(call)
+                raise
+            except TimeoutError:  # asyncio's: the request's one deadline passed on this agent
+                self._cancel(call)
+                raise DeadlineExceededError(self._late(f"{agent.name} was still encoding "
+                                                  f"{len(idx)} texts")) from None
             except AgentLostError as err:
                 self._mark_lost(agent)
                 why = f"agent_lost: {err}"
@@ -220,13 +346,67 @@ class Gateway:
             return answer
         return why
 
-    async def _fallback(self, texts: list[str], model: str, why: str) -> Outcome:
+    async def _answer(self, call: Any, left: float, name: str) -> Any:
+        """``call``'s result within ``left`` s (TimeoutError); ``_ClusterLost`` as soon as the
+        cluster is lost, ``_AgentGone`` as soon as the refresher gives up on the agent."""
+        work = asyncio.ensure_future(_awaited(call))
+        lost = asyncio.ensure_future(self.link.lost.wait())
+        gone = asyncio.ensure_future(self._gone.setdefault(name, asyncio.Event()).wait())
+        try:
+            await asyncio.wait({work, lost, gone}, timeout=left,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            gone.cancel()
+        if work.done():
+            return work.result()
+        work.cancel()
+        if lost.done() and not lost.cancelled():
+            raise _ClusterLost()
+        if gone.done() and not gone.cancelled():
+            raise _AgentGone()
+        raise TimeoutError()
+
+    def _submit(self, agent: Any, payload: dict[str, Any]) -> Any:
+        """One attempt on ``agent``: through the coalescer (requests for the same agent ride
+        one cluster call), or a call of its own when coalescing is off."""
+        if self.coalescer is None:
+            return agent.submit("embed", "encode", payload)
+        return _Coalesced(self.coalescer, agent, payload)
+
+    def _cancel(self, call: Any) -> None:
+        self.metrics.cancelled.inc()
+        try:
+            call.cancel()
+        except Exception as err:  # the agent is gone: nothing runs there any more
+            log.debug("kiln serve: cancelling %s: %s", call, err)
+
+    def _late(self, what: str) -> str:
+        return (f"the request ran past its deadline of {self.timeout:g} s ({what}); it was "
+                "cancelled, not retried. Send fewer texts per request, or start the gateway "
+                "with a longer --timeout")
+
+    async def _fallback(self, texts: list[str], model: str, why: str, deadline: float) -> Outcome:
         if not self.fallback:
             raise Unavailable(f"no agent could encode the texts ({why}) and the local fallback "
-                              "is off (start the gateway with fallback=True, or add agents)")
+                              "is off (start the gateway with --fallback on, or add agents)")
+        if model not in self.fallback_models:
+            raise Unavailable(f"no agent could encode the texts ({why}) and the local fallback "
+                              f"serves only {', '.join(self.fallback_models)}, not {model!r}")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceededError(self._late(why))
         self.metrics.local_fallback.inc()
+        cancel = threading.Event()
         try:
-            answer = await asyncio.to_thread(self._local_encode, texts, model)
+            answer = await asyncio.wait_for(
+                asyncio.to_thread(self._local_encode, texts, model, cancel), left)
+        except (TimeoutError, asyncio.CancelledError) as err:
+            cancel.set()  # the local batcher drops the texts if their pass has not begun
+            if isinstance(err, TimeoutError):
+                raise DeadlineExceededError(self._late("the local fallback was still encoding")
+                                       ) from None
+            raise
         except Exception as err:
             if not is_retryable(err):
                 raise
@@ -235,21 +415,33 @@ class Gateway:
         return Outcome(answer["embeddings"], [self.node_name], answer["cached"],
                        answer["truncated"], answer["tokens"], True)
 
-    def _local_encode(self, texts: list[str], model: str) -> dict[str, Any]:
-        from kiln.agent import AgentContext
+    def _load_fallback(self) -> None:
+        from kiln._protocol import AgentContext
         from kiln.embed import worker
 
         with self._local_lock:
-            if self._local_state is None:
+            if self._local is None:
                 ctx = AgentContext(self.node_name, self.node_name, "cpu")
-                self._local_state = (worker.State(ctx), ctx)
-        state, ctx = self._local_state
-        return worker.encode(state, {"texts": texts, "model": model}, ctx)
+                state = worker.State(ctx)
+                for name in self.fallback_models:
+                    state.encoder(name)
+                self._local = (state, ctx)
+
+    def _local_encode(self, texts: list[str], model: str, cancel: threading.Event
+                      ) -> dict[str, Any]:
+        from kiln._protocol import JobContext
+        from kiln.embed import worker
+
+        if self._local is None:
+            raise Unavailable("the local fallback was not loaded at start")
+        state, ctx = self._local
+        job = JobContext(ctx, f"fallback-{next(self._local_jobs)}", cancel)
+        return worker.encode(state, {"texts": texts, "model": model}, job)
 
     # -- status -----------------------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
         """This gateway, every agent online or offline with its info, and totals."""
-        records = await asyncio.to_thread(self._records)
+        records = await asyncio.to_thread(self._records) if self.link.state == "attached" else []
         ready = [r for r in records if r["handle"] is not None]
         infos = await asyncio.gather(*(asyncio.to_thread(r["handle"].info, 5) for r in ready),
                                      return_exceptions=True)
@@ -264,13 +456,14 @@ class Gateway:
                 agents.append({"name": r["name"], "node": r["node"], "device": r["device"],
                                "status": "offline", "error": error})
         online = [a for a in agents if a["status"] == "online"]
-        local = self._local_state[0] if self._local_state else None
         return {
             "gateway": {
                 "node": self.node_name, "pid": os.getpid(), "strategy": self.strategy,
-                "address": getattr(self.cluster, "address", None),
-                "attached": self.cluster is not None, "fallback": self.fallback,
-                "fallback_loaded": local is not None, "uptime_s": round(time.time() - self.started, 1),
+                "address": self.link.address, "attached": self.link.state == "attached",
+                "cluster": self.link.state, "cluster_error": self.link.error,
+                "status": self.health()["status"], "fallback": self.fallback,
+                "fallback_loaded": self._local is not None,
+                "uptime_s": round(time.time() - self.started, 1),
                 "inflight": self.inflight, "timeout_s": self.timeout, "retries": self.retries,
                 "limits": self.limits.__dict__,
             },
@@ -288,10 +481,11 @@ class Gateway:
         }
 
     def _records(self) -> list[dict[str, Any]]:
-        if self.cluster is None:
+        cluster = self.cluster
+        if cluster is None:
             return []
         out = []
-        for node in self.cluster.nodes():
+        for node in cluster.nodes():
             for rec in node.agents:
                 live = rec.state == "ready" and rec.handle is not None and rec.name not in self._lost
                 out.append({"name": rec.name, "node": rec.node or node.name, "device": rec.device,
@@ -302,6 +496,26 @@ class Gateway:
 
 async def _awaited(call: Any) -> Any:
     return await call
+
+
+async def _all_or_first_error(coros: list[Any]) -> list[Any]:
+    """Run ``coros`` at once; the first that raises cancels the others (and so their calls on
+    the agents) and its error is raised once they have stopped."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    failed = next((t for t in tasks if t.done() and not t.cancelled() and t.exception()), None)
+    if failed is not None:
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        raise failed.exception()
+    return [t.result() for t in tasks]
 
 
 def _split(n: int, agents: list[Any]) -> list[tuple[list[int], list[Any]]]:

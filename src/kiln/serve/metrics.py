@@ -47,6 +47,12 @@ class Metrics:
         self.agents_ready = Gauge("kiln_gateway_agents_ready", "agents ready to take requests",
                                   registry=r)
         self.inflight = Gauge("kiln_gateway_inflight", "requests being served", registry=r)
+        self.cancelled = Counter("kiln_gateway_agent_calls_cancelled",
+                                 "agent calls cancelled: past the request's deadline, or "
+                                 "superseded", registry=r)
+        self.cluster_attached = Gauge("kiln_gateway_cluster_attached",
+                                      "1 while the gateway is attached to its cluster",
+                                      registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 Strategy = Literal["round_robin", "least_loaded", "consistent_hash"]
 
@@ -45,12 +45,14 @@ class ParallelResponse(BaseModel):
 
 
 class EmbeddingsRequest(BaseModel):
-    """OpenAI's ``POST /v1/embeddings`` body (text input only)."""
+    """OpenAI's ``POST /v1/embeddings`` body: texts, or token ids of the model's tokenizer."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"input": ["hello"], "model": "default", "encoding_format": "float"}]})
 
-    input: StrictStr | list[StrictStr] = Field(description="a text or a list of texts")
+    input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]] = Field(
+        description="a text, a list of texts, or token ids (a list, or a list of lists) from "
+                    "the model's own tokenizer")
     model: StrictStr = Field("default", min_length=1)
     encoding_format: Literal["float", "base64"] = "float"
     user: StrictStr | None = None
@@ -95,9 +97,22 @@ class ClusterResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"] = Field(description="degraded: no agent is ready")
     agents_ready: int
     fallback: bool
+    cluster: Literal["attached", "lost", "detached", "off"]
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "kiln"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
 
 
 class ErrorBody(BaseModel):

@@ -1,17 +1,178 @@
-"""Run the gateway in a background thread: for notebooks, tests and benchmarks.
+"""uvicorn, set up to hold its ground: connection guard, log rate limit, background server.
 
-``kiln serve`` blocks in uvicorn; a notebook wants the server beside it, on a free port of
-127.0.0.1, and stopped when done.
+What plain uvicorn left open (issue 12, item 3), and what is done here:
+
+- A connection that never sends a request was held for ever (the keep-alive timer starts only
+  after a first response): ``GuardedH11Protocol`` closes a connection whose request line and
+  headers have not arrived ``timeout_header`` seconds after it opened (or after its last
+  response). The body has its own timeout in ``kiln.serve.middleware``.
+- ~20,000 idle connections took every file descriptor and ``/healthz`` with them: at
+  ``max_connections`` the oldest *idle* connections are closed to make room for a new one
+  (a connection with a request in flight is never closed), so a probe still gets in; when all
+  are busy the newcomer is closed. The soft limit on open files is raised to the hard one, and
+  the default cap and the accept burst (``backlog``) together stay below it.
+- 512k "Too many open files" lines in a minute: ``RateLimit`` lets a few of each message
+  through per window and then one line saying how many it held back.
+
+``BackgroundServer`` runs the same server in a thread, for notebooks, tests and benchmarks.
 """
 
 from __future__ import annotations
 
+import logging
+import resource
 import socket
 import threading
 import time
 from typing import Any
 
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
 from kiln.errors import GatewayError
+
+log = logging.getLogger("kiln.serve")
+_FD_RESERVE = 128  # descriptors kept for Ray, the model files, logs and the listening socket
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard one; returns the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def connection_budget(backlog: int = 2048) -> tuple[int, int]:
+    """(max_connections, accept burst) that fit the open-file limit.
+
+    asyncio accepts up to ``backlog`` connections in one go before the protocol sees any of
+    them, and a few such bursts can land before the first one's protocols run; the cap leaves
+    room for four: with less, a flood of 2,000 connections on 1,024 descriptors still ran out,
+    and each "Too many open files" paused accepting for a second.
+    """
+    room = raise_fd_limit() - _FD_RESERVE
+    burst = max(16, min(backlog, room // 16))
+    return max(64, min(10_000, room - 4 * burst)), burst
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a header timeout and a connection cap (module docstring).
+
+    Settings are class attributes: ``guarded(...)`` makes a subclass with them.
+    """
+
+    timeout_header = 10.0
+    max_connections = 0  # 0: no cap
+    closed = {"header_timeout": 0, "idle_evicted": 0, "refused": 0}
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._opened = self.loop.time()
+        self._header_timer = self.loop.call_later(self.timeout_header, self._header_expired)
+        if self.max_connections and len(self.connections) > self.max_connections:
+            self._make_room()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._header_timer.cancel()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._header_timer.cancel()
+        if not self.transport.is_closing():
+            self._header_timer = self.loop.call_later(self.timeout_header, self._header_expired)
+
+    def _idle(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def _header_expired(self) -> None:
+        if self._idle() and not self.transport.is_closing():
+            type(self).closed["header_timeout"] += 1
+            self.transport.close()
+
+    def _make_room(self) -> None:
+        # Closed connections stay in the set until the loop runs their connection_lost: count
+        # only the open ones, or a burst of arrivals would refuse itself.
+        live = [c for c in self.connections if not c.transport.is_closing()]
+        excess = len(live) - self.max_connections
+        if excess <= 0:
+            return
+        idle = sorted((c for c in live if c is not self and isinstance(c, GuardedH11Protocol)
+                       and c._idle()), key=lambda c: c._opened)
+        for victim in idle[:excess]:
+            type(self).closed["idle_evicted"] += 1
+            victim.transport.close()
+        if len(idle) < excess:  # every other connection is busy: this one waits its turn
+            type(self).closed["refused"] += 1
+            self.transport.close()
+
+
+def guarded(timeout_header: float, max_connections: int) -> type[GuardedH11Protocol]:
+    return type("GuardedH11Protocol", (GuardedH11Protocol,),
+                {"timeout_header": timeout_header, "max_connections": max_connections,
+                 "closed": {"header_timeout": 0, "idle_evicted": 0, "refused": 0}})
+
+
+class RateLimit(logging.Filter):
+    """At most ``burst`` records of one message (logger + format) per ``window_s``; then one
+    line saying how many were held back."""
+
+    def __init__(self, burst: int = 5, window_s: float = 10.0) -> None:
+        super().__init__()
+        self.burst, self.window_s = burst, window_s
+        self._seen: dict[tuple[str, str], list[float]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg)[:200])
+        now = time.monotonic()
+        with self._lock:
+            entry = self._seen.get(key)
+            if entry is None or now - entry[0] >= self.window_s:
+                held = int(entry[2]) if entry else 0
+                if len(self._seen) > 1000:  # bounded: forget old messages
+                    self._seen.clear()
+                self._seen[key] = [now, 1, 0]
+                if held:
+                    record.msg = f"{record.msg} [and {held} more like it in {self.window_s:g} s]"
+                return True
+            entry[1] += 1
+            if entry[1] <= self.burst:
+                return True
+            entry[2] += 1
+            return False
+
+
+def limit_logs(burst: int = 5, window_s: float = 10.0) -> RateLimit:
+    """Put one ``RateLimit`` on every handler the gateway's messages go through."""
+    limit = RateLimit(burst, window_s)
+    root = logging.getLogger()
+    if not root.handlers:  # asyncio's accept errors would reach Python's last-resort handler
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(name)s: %(message)s"))
+        root.addHandler(handler)
+    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access", "asyncio", "kiln"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, RateLimit) for f in handler.filters):
+                handler.addFilter(limit)
+    return limit
+
+
+def uvicorn_config(app: Any, *, host: str = "127.0.0.1", port: int = 8000,
+                   log_level: str = "info", timeout_header: float = 10.0,
+                   max_connections: int | None = None, **uvicorn_options: Any) -> Any:
+    """A ``uvicorn.Config`` with the guarded protocol; ``uvicorn_options`` as uvicorn names them
+    (``timeout_keep_alive``, ``limit_concurrency``, ``backlog``, ...)."""
+    import uvicorn
+
+    cap, burst = connection_budget(uvicorn_options.pop("backlog", 2048))
+    protocol = guarded(timeout_header, cap if max_connections is None else max_connections)
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol,
+                          lifespan="on", backlog=burst, **uvicorn_options)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -21,17 +182,22 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class BackgroundServer:
-    """uvicorn serving ``app`` in a daemon thread; ``url``, ``stop()``, usable as a context."""
+    """uvicorn serving ``app`` in a daemon thread; ``url``, ``stop()``, usable as a context.
+
+    ``options`` go to ``uvicorn_config`` (``timeout_header``, ``max_connections``,
+    ``timeout_keep_alive``, ...).
+    """
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None,
-                 log_level: str = "warning", start_timeout: float = 120.0) -> None:
+                 log_level: str = "warning", start_timeout: float = 120.0, **options: Any) -> None:
         import uvicorn
 
         self.app = app
         self.host = host
         self.port = port or free_port(host)
-        config = uvicorn.Config(app, host=host, port=self.port, log_level=log_level,
-                                lifespan="on", timeout_graceful_shutdown=5)
+        options.setdefault("timeout_graceful_shutdown", 5)
+        config = uvicorn_config(app, host=host, port=self.port, log_level=log_level, **options)
+        self.protocol = config.http
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="kiln-gateway", daemon=True)
         self.thread.start()

@@ -1,0 +1,365 @@
+"""The gateway under load while faults happen (issue 12): does any request fail, and how soon
+does it serve from its agents again?
+
+A real head (`kiln up`, in a scratch HOME and RAY_TMPDIR of its own), a real `kiln serve
+--address <head> --allow-no-cluster`, and ``--clients`` aiohttp clients sending one-text
+/infer requests back to back. Each fault runs under that load:
+
+- ``agent_kill``: SIGKILL of the agent process (Ray restarts it; the fallback covers the gap);
+- ``slow_clients``: 2,000 idle connections and 50 that send half a request;
+- ``bad_input``: lone surrogates, a chunked body over the limit, a body that never arrives,
+  requests past their deadline, sent beside the load;
+- ``head_restart``: the head's processes are SIGKILLed, and `kiln up` starts a new one on the
+  same port 10 s later;
+- ``no_cluster_fallback_off``: a gateway with no cluster and ``--fallback off`` (the one case
+  where requests are expected to fail: 503 saying why).
+
+For each: requests sent, failed (any status but 200, or no answer), served by the fallback,
+recovery (seconds from the end of the fault to the first request an agent answered again),
+and the gateway's RSS (supervisor + workers) before and after. Goals: failed 0 (but the last
+case), recovery <= 10 s.
+
+    python bench/gateway_faults.py                     # writes bench/results/gateway-faults-vm.json
+    python bench/gateway_faults.py --clients 16 --out /tmp/x.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+
+BIN = Path(sys.executable).parent
+TOKEN = "kiln-gateway-faults-bench-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Head:
+    """`kiln up` on a port of its own; ``kill`` stops exactly its processes (by RAY_TMPDIR)."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="kgf", dir="/tmp"))
+        (self.root / "home").mkdir()
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        # Every process of the run (head, agents, gateway) imports this copy of kiln: an agent
+        # that Ray restarts re-checks kiln's source hash against the gateway's, and a source
+        # tree being edited meanwhile would make it refuse.
+        import kiln
+
+        shutil.copytree(Path(kiln.__file__).parent, self.root / "src" / "kiln",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "KILN_"))}
+        env.update(HOME=str(self.root / "home"), RAY_TMPDIR=str(self.root / "t"),
+                   RAY_USAGE_STATS_ENABLED="0", JAX_PLATFORMS="cpu", RAY_AUTH_MODE="token",
+                   RAY_AUTH_TOKEN=TOKEN, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                   PYTHONPATH=str(self.root / "src"))
+        return {**env, **extra}
+
+    def up(self) -> None:
+        r = subprocess.run([str(BIN / "kiln"), "up", "--port", str(self.port), "--name", "head1"],
+                           env=self.env(), capture_output=True, text=True, timeout=300)
+        if r.returncode:
+            raise SystemExit(f"kiln up failed:\n{r.stderr[-2000:]}")
+
+    def kill(self) -> None:
+        procs = []
+        for proc in psutil.process_iter():
+            try:
+                if proc.environ().get("RAY_TMPDIR", "") == str(self.root / "t"):
+                    procs.append(proc)
+            except (psutil.Error, OSError):
+                continue
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=15)
+
+    def remove(self) -> None:
+        self.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Gateway:
+    def __init__(self, head: Head, *args: str) -> None:
+        # --timeout-body 5: the bad-input fault sends bodies that never arrive
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = head.root / f"serve-{self.port}.log"
+        self.proc = subprocess.Popen(
+            [str(BIN / "kiln"), "serve", "--port", str(self.port), "--allow-no-cluster",
+             "--timeout", "30", "--timeout-body", "5", *args],
+            env=head.env(RAY_TMPDIR=str(head.root / "gw")),
+            stdout=subprocess.DEVNULL, stderr=self.log.open("wb"), start_new_session=True)
+
+    def rss_mb(self) -> float:
+        try:
+            procs = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children()]
+            return round(sum(p.memory_info().rss for p in procs) / 2**20, 1)
+        except psutil.Error:
+            return float("nan")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+class Load:
+    """``clients`` coroutines sending /infer back to back; every answer is kept."""
+
+    def __init__(self, url: str, clients: int) -> None:
+        self.url, self.clients = url, clients
+        self.results: list[tuple[float, Any, bool]] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
+        self._tasks = [asyncio.create_task(self._client(i)) for i in range(self.clients)]
+
+    async def _client(self, c: int) -> None:
+        i = 0
+        while not self._stop.is_set():
+            i += 1
+            try:
+                async with self.session.post(self.url + "/infer",
+                                             json={"texts": [f"client {c} text {i}"]}) as r:
+                    body = await r.json() if r.status == 200 else None
+                    self.results.append((time.monotonic(), r.status,
+                                         bool(body and body["fallback"])))
+            except (TimeoutError, aiohttp.ClientError) as err:
+                self.results.append((time.monotonic(), type(err).__name__, False))
+                await asyncio.sleep(0.1)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.session.close()
+
+    def since(self, t: float) -> list[tuple[float, Any, bool]]:
+        return [r for r in self.results if r[0] >= t]
+
+
+async def wait_until(check, timeout: float) -> float | None:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if await check():
+            return time.monotonic() - started
+        await asyncio.sleep(0.2)
+    return None
+
+
+async def get_json(url: str) -> dict:
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s, \
+                s.get(url) as r:
+            return await r.json()
+    except (TimeoutError, aiohttp.ClientError, ValueError):
+        return {}
+
+
+def summary(name: str, results: list, ended: float | None, gateway: Gateway, rss_before: float,
+            note: str = "") -> dict[str, Any]:
+    agent_ok = [t for t, s, fb in results if s == 200 and not fb and ended is not None
+                and t >= ended]
+    out = {
+        "fault": name,
+        "requests": len(results),
+        "failed": sum(1 for _, s, _ in results if s != 200),
+        "failed_by_status": {str(k): sum(1 for _, s, _ in results if s == k)
+                             for k in {s for _, s, _ in results if s != 200}},
+        "served_by_fallback": sum(1 for _, s, fb in results if s == 200 and fb),
+        "recovery_s": round(min(agent_ok) - ended, 1) if agent_ok else None,
+        "gateway_rss_mb_before": rss_before,
+        "gateway_rss_mb_after": gateway.rss_mb(),
+    }
+    if note:
+        out["note"] = note
+    print(json.dumps(out), flush=True)
+    return out
+
+
+async def agent_pid(url: str) -> int | None:
+    agents = (await get_json(url + "/cluster")).get("agents") or []
+    online = [a for a in agents if a.get("status") == "online"]
+    return online[0]["info"].get("pid") if online else None
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    head = Head()
+    results: list[dict[str, Any]] = []
+    gateway = None
+    try:
+        head.up()
+        gateway = Gateway(head, "--address", head.address)
+        ready = await wait_until(
+            lambda: _is(get_json(gateway.url + "/healthz"), "agents_ready", 1), 300)
+        if ready is None:
+            raise SystemExit(f"the gateway did not attach:\n{gateway.log.read_text()[-2000:]}")
+        load = Load(gateway.url, args.clients)
+        await load.start()
+        await asyncio.sleep(args.settle)
+
+        # -- agent_kill --------------------------------------------------------------------
+        rss, start = gateway.rss_mb(), time.monotonic()
+        pid = await agent_pid(gateway.url)
+        os.kill(pid, signal.SIGKILL)
+        ended = time.monotonic()
+        await wait_until(lambda: _agent_answered(load, ended), args.recover)
+        await asyncio.sleep(args.settle)
+        results.append(summary("agent_kill", load.since(start), ended, gateway, rss,
+                               "recovery includes Ray restarting the agent process"))
+
+        # -- slow_clients ----------------------------------------------------------------------
+        rss, start = gateway.rss_mb(), time.monotonic()
+        idle = []
+        for _ in range(2000):
+            idle.append(socket.create_connection(("127.0.0.1", gateway.port), timeout=10))
+        for _ in range(50):
+            sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+            sock.sendall(b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"te")
+            idle.append(sock)
+        await asyncio.sleep(args.fault)
+        for sock in idle:
+            sock.close()
+        ended = time.monotonic()
+        await wait_until(lambda: _agent_answered(load, ended), args.recover)
+        await asyncio.sleep(args.settle)
+        results.append(summary("slow_clients", load.since(start), ended, gateway, rss))
+
+        # -- bad_input ---------------------------------------------------------------------------
+        rss, start = gateway.rss_mb(), time.monotonic()
+        bad = await _bad_input(gateway.url, args.fault)
+        ended = time.monotonic()
+        await wait_until(lambda: _agent_answered(load, ended), args.recover)
+        await asyncio.sleep(args.settle)
+        results.append(summary("bad_input", load.since(start), ended, gateway, rss,
+                               f"bad requests sent beside the load, answered: {bad}"))
+
+        # -- head_restart ------------------------------------------------------------------------
+        rss, start = gateway.rss_mb(), time.monotonic()
+        head.kill()
+        await asyncio.sleep(args.head_down)
+        await asyncio.to_thread(head.up)
+        ended = time.monotonic()
+        await wait_until(lambda: _agent_answered(load, ended), args.recover * 6)
+        await asyncio.sleep(args.settle)
+        results.append(summary("head_restart", load.since(start), ended, gateway, rss,
+                               f"head down {args.head_down} s; recovery counts from `kiln up` "
+                               "returning (the new head's agent starts, a fresh gateway worker "
+                               "attaches)"))
+        await load.stop()
+        gateway.stop()
+
+        # -- no cluster, fallback off --------------------------------------------------------
+        nowhere = Head()
+        try:
+            gateway = Gateway(nowhere, "--address", f"127.0.0.1:{free_port()}", "--fallback", "off")
+            await wait_until(lambda: _is(get_json(gateway.url + "/healthz"), "cluster",
+                                         "detached"), 300)
+            load = Load(gateway.url, args.clients)
+            rss, start = gateway.rss_mb(), time.monotonic()
+            await load.start()
+            await asyncio.sleep(args.fault)
+            await load.stop()
+            results.append(summary("no_cluster_fallback_off", load.since(start), None, gateway,
+                                   rss, "expected: every request fails with 503 saying why"))
+            gateway.stop()
+        finally:
+            nowhere.remove()
+        gateway = None
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        head.remove()
+    return {"clients": args.clients, "machine": f"{os.cpu_count()} cores",
+            "when": time.strftime("%Y-%m-%d %H:%M:%S"), "faults": results}
+
+
+async def _is(got, key: str, want: Any) -> bool:
+    value = (await got).get(key)
+    return value >= want if isinstance(want, int) and isinstance(value, int) else value == want
+
+
+async def _agent_answered(load: Load, after: float) -> bool:
+    return any(t > after and s == 200 and not fb for t, s, fb in load.results)
+
+
+async def _bad_input(url: str, seconds: float) -> dict[str, int]:
+    """Bad requests for ``seconds``; counts of the statuses they got."""
+    seen: dict[str, int] = {}
+    host, port = url.removeprefix("http://").split(":")
+    end = time.monotonic() + seconds
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+        while time.monotonic() < end:
+            cases = [
+                s.post(url + "/infer", data=b'{"texts": ["bad \\ud800"]}',
+                       headers={"content-type": "application/json"}),
+                s.post(url + "/infer", data=_chunks(), headers={"content-type": "application/json"}),
+                s.post(url + "/infer?strategy=fastest", json={"texts": ["x"]}),
+            ]
+            for case in cases:
+                try:
+                    async with case as r:
+                        seen[str(r.status)] = seen.get(str(r.status), 0) + 1
+                except aiohttp.ClientError as err:
+                    seen[type(err).__name__] = seen.get(type(err).__name__, 0) + 1
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"texts\":")
+            answer = await reader.read(12)
+            seen[answer.decode(errors="replace")[9:12] or "closed"] = seen.get(
+                answer.decode(errors="replace")[9:12] or "closed", 0) + 1
+            writer.close()
+    return seen
+
+
+async def _chunks():
+    yield b'{"texts": ["'
+    for _ in range(1024):
+        yield b"x" * 10_000
+    yield b'"]}'
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--settle", type=float, default=5.0, help="seconds of plain load between faults")
+    parser.add_argument("--fault", type=float, default=10.0, help="seconds a fault lasts")
+    parser.add_argument("--head-down", type=float, default=10.0)
+    parser.add_argument("--recover", type=float, default=60.0, help="longest wait for recovery")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" /
+                                             "gateway-faults-vm.json"))
+    args = parser.parse_args()
+    out = asyncio.run(run(args))
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

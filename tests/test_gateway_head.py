@@ -1,0 +1,178 @@
+"""``kiln serve`` outlives its cluster's head: it starts before the head, serves from its
+fallback, attaches when the head comes up, stays up and serves when the head is killed, and
+attaches again when a new head takes the port. A real head (`kiln up`) in its own scratch
+HOME and RAY_TMPDIR, killed by SIGKILL, and a real `kiln serve` under load."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+BIN = Path(sys.executable).parent
+TOKEN = "kiln-gateway-test-token-0123456789abcdef"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Head:
+    """`kiln up` on a port of its own; ``kill`` stops exactly its processes (by RAY_TMPDIR)."""
+
+    def __init__(self) -> None:
+        # Short: Ray's socket paths must stay under 108 bytes.
+        self.root = Path(tempfile.mkdtemp(prefix="kgw", dir="/tmp"))
+        (self.root / "home").mkdir()
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "KILN_"))}
+        env.update(HOME=str(self.root / "home"), RAY_TMPDIR=str(self.root / "t"),
+                   RAY_USAGE_STATS_ENABLED="0", JAX_PLATFORMS="cpu", COLUMNS="200",
+                   RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN, HF_HUB_OFFLINE="1",
+                   TRANSFORMERS_OFFLINE="1")
+        env.update(extra)
+        return env
+
+    def up(self) -> None:
+        r = subprocess.run([str(BIN / "kiln"), "up", "--port", str(self.port), "--name", "head1"],
+                           env=self.env(), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    def processes(self) -> list[psutil.Process]:
+        found: dict[int, psutil.Process] = {}
+        for proc in psutil.process_iter():
+            try:
+                if proc.environ().get("RAY_TMPDIR", "") == str(self.root / "t"):
+                    found[proc.pid] = proc
+                    found.update((c.pid, c) for c in proc.children(recursive=True))
+            except (psutil.Error, OSError):
+                continue
+        found.pop(os.getpid(), None)
+        return list(found.values())
+
+    def kill(self, spare: set[int] = frozenset()) -> None:
+        procs = [p for p in self.processes() if p.pid not in spare]
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=15)
+
+
+class Load(threading.Thread):
+    """One client sending /infer back to back; keeps every status and fallback flag."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.stop, self.results = url, threading.Event(), []
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            i = 0
+            while not self.stop.is_set():
+                i += 1
+                try:
+                    r = client.post("/infer", json={"texts": [f"under load {i}"]})
+                    self.results.append((time.monotonic(), r.status_code,
+                                         r.status_code == 200 and r.json()["fallback"]))
+                except httpx.HTTPError as err:
+                    self.results.append((time.monotonic(), type(err).__name__, None))
+                time.sleep(0.05)
+
+
+def wait_for(check, what: str, timeout: float) -> float:
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout, f"{what}: not within {timeout} s"
+        time.sleep(0.25)
+    return time.monotonic() - started
+
+
+@pytest.mark.slow
+def test_the_gateway_outlives_its_head_and_attaches_to_the_next_one(tmp_path):
+    head = Head()
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    gateway = subprocess.Popen(
+        [str(BIN / "kiln"), "serve", "--port", str(port), "--address", head.address,
+         "--allow-no-cluster", "--timeout", "60"],
+        env=head.env(RAY_TMPDIR=str(tmp_path / "gw")), stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"), start_new_session=True)
+    load = None
+    try:
+        def health() -> dict:
+            try:
+                return httpx.get(url + "/healthz", timeout=5).json()
+            except httpx.HTTPError:
+                return {}
+
+        # 1. no head yet: it serves from its fallback and says so
+        wait_for(lambda: health().get("cluster") == "detached", "gateway up", 120)
+        assert httpx.get(url + "/readyz").status_code == 503
+        r = httpx.post(url + "/infer", json={"texts": ["before the head"]}, timeout=60)
+        assert r.status_code == 200 and r.json()["fallback"] is True
+        # 2. the head comes up: it attaches
+        head.up()
+        wait_for(lambda: health().get("agents_ready", 0) >= 1, "attached", 120)
+        assert httpx.get(url + "/readyz").status_code == 200
+        supervisor = psutil.Process(gateway.pid)
+        first_worker = httpx.get(url + "/cluster", timeout=30).json()["gateway"]["pid"]
+        load = Load(url)
+        load.start()
+        wait_for(lambda: any(not fb for _, s, fb in load.results if s == 200), "agents serve", 60)
+        # 3. the head dies: degraded, still serving
+        head.kill()
+        killed = time.monotonic()
+        wait_for(lambda: health().get("status") == "degraded", "degraded", 30)
+        wait_for(lambda: any(t > killed + 1 and fb for t, s, fb in load.results), "fallback", 30)
+        # 4. a new head on the same port: a fresh worker attaches to it
+        head.up()
+        back = time.monotonic()
+        recovery = wait_for(lambda: any(t > back and s == 200 and not fb
+                                        for t, s, fb in load.results), "re-attached", 120)
+        load.stop.set()
+        load.join(60)
+        statuses = [s for _, s, _ in load.results]
+        answered = [s for s in statuses if isinstance(s, int)]
+        assert set(answered) == {200}, [r for r in load.results if r[1] != 200][:5]
+        # Known gap: when a new head appears before the fresh worker serves, the old worker
+        # (whose Ray driver would abort on the new cluster) stops at once, and a request the
+        # client was just sending on its kept-alive connection is cut (RemoteProtocolError):
+        # at most once for this one client. Every request that got an answer got a 200.
+        assert len(statuses) - len(answered) <= 1, [r for r in load.results if r[1] != 200]
+        assert supervisor.is_running() and gateway.poll() is None  # one gateway throughout
+        assert httpx.get(url + "/cluster", timeout=30).json()["gateway"]["pid"] != first_worker
+        assert health() == {"status": "ok", "agents_ready": 1, "fallback": True,
+                            "cluster": "attached"}
+        print(f"requests {len(statuses)}, served by fallback "
+              f"{sum(1 for *_, fb in load.results if fb)}, recovery {recovery:.1f} s after the "
+              "head came back")
+    finally:
+        if load is not None:
+            load.stop.set()
+        gateway.send_signal(signal.SIGTERM)
+        try:
+            gateway.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(gateway.pid, signal.SIGKILL)
+        head.kill()
+        shutil.rmtree(head.root, ignore_errors=True)
+        print(log.read_text()[-3000:])
