@@ -8,6 +8,9 @@ deterministics and pointwise log-likelihoods). Model constants and data are argu
 second call with new values of the same shapes runs the cached executables (DESIGN.md: ~0.1 s
 warm for the seed 001 model on a 2-core CPU, where NumPyro's `MCMC` takes 3.4 s).
 
+Long: one run's orchestration (device choice, arguments, chunking, cancellation, progress,
+assembling the result) in one place; the kernels are in `_nuts`, `_chees`, `_adapt`.
+
 `steps` takes its bounds as arguments, so one executable runs any cut of the run into
 chunks. A run with nothing to watch is one chunk; with a `should_stop` or a `progress`
 callback the engine cuts it into chunks of about `CHUNK_SECONDS` (sized from the measured

@@ -12,6 +12,9 @@ texts before encoding them, or stops) and the request answers 504. Nothing is en
 because a clock ran out: the issue's 1,400-text request was encoded three times (two agents,
 then the fallback), 3x the work, and answered after 158 s.
 
+Long: routing, failover, deadlines, fallback and status are one request's path through the
+gateway; split, each part would reach into the others' state.
+
 The cluster itself is watched by ``kiln.serve.attach.ClusterLink`` (attached, lost, detached);
 while it is not attached, requests go to the fallback without touching Ray.
 """
@@ -19,7 +22,6 @@ while it is not attached, requests go to the fallback without touching Ray.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import socket
@@ -30,7 +32,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from kiln.embed.api import is_retryable
+from kiln.embed import is_retryable
 from kiln.errors import AgentLostError, DeadlineExceededError, GatewayError
 from kiln.serve.attach import ClusterLink
 from kiln.serve.coalesce import Coalescer
@@ -130,9 +132,8 @@ class Gateway:
         # began after the failure lists it ready again; keeping names for good left a healthy
         # node unused until the gateway restarted.
         self._lost: dict[str, float] = {}
-        self._local: tuple[Any, Any] | None = None
+        self._local: Any = None  # kiln.embed.LocalEncoder, loaded at start or never
         self._local_lock = threading.Lock()
-        self._local_jobs = itertools.count()
         self._task: asyncio.Task | None = None
         self._refreshing: asyncio.Future | None = None
         # Agents that failed their last status checks in a row, and one event per agent that
@@ -416,27 +417,17 @@ class Gateway:
                        answer["truncated"], answer["tokens"], True)
 
     def _load_fallback(self) -> None:
-        from kiln._protocol import AgentContext
-        from kiln.embed import worker
+        from kiln.embed import LocalEncoder
 
         with self._local_lock:
             if self._local is None:
-                ctx = AgentContext(self.node_name, self.node_name, "cpu")
-                state = worker.State(ctx)
-                for name in self.fallback_models:
-                    state.encoder(name)
-                self._local = (state, ctx)
+                self._local = LocalEncoder(self.fallback_models, name=self.node_name)
 
     def _local_encode(self, texts: list[str], model: str, cancel: threading.Event
                       ) -> dict[str, Any]:
-        from kiln._protocol import JobContext
-        from kiln.embed import worker
-
         if self._local is None:
             raise Unavailable("the local fallback was not loaded at start")
-        state, ctx = self._local
-        job = JobContext(ctx, f"fallback-{next(self._local_jobs)}", cancel)
-        return worker.encode(state, {"texts": texts, "model": model}, job)
+        return self._local.encode(texts, model, cancel)
 
     # -- status -----------------------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
