@@ -18,7 +18,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 REPO = Path(__file__).resolve().parents[1]
-POSTERIORDB = Path(os.environ.get("KILN_POSTERIORDB", REPO.parent / "shared" / "data" / "posteriordb"))
+POSTERIORDB = Path(os.environ.get("KILN_POSTERIORDB", REPO / "tests" / "data" / "posteriordb"))
 
 
 @dataclass
@@ -123,3 +123,33 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_sessionfinish(session, exitstatus):
     _slot.release()
+
+
+# -- real hosts: network namespaces (tests/netns.py) ----------------------------------------------
+# Kept apart from the fixtures above: these run the CLI and drivers in other processes, on hosts
+# of their own, and never touch this process's Ray.
+@pytest.fixture(scope="session")
+def netns_hosts():
+    """h1..h4 as network namespaces on a bridge (10.77.0.1-4); everything on them is killed and
+    the namespaces deleted at the end of the session, whatever happened (one set of hosts
+    for tests/test_netns_*.py: starting the cluster costs a minute on 2 cores)."""
+    from netns import Hosts, unavailable
+
+    why = unavailable()
+    if why:
+        pytest.skip(f"no network namespaces here: {why} (bench/netns.sh runs them by hand)")
+    hosts = Hosts()
+    try:
+        hosts.up()
+        yield hosts
+    finally:
+        hosts.down()
+
+
+@pytest.fixture(scope="session")
+def netns_cluster(netns_hosts):
+    """The README's cluster on the hosts: `kiln up --host 10.77.0.1 --name head1` on h1, `kiln
+    join 10.77.0.1:6379 --name gpu2` on h2 and `... --name gpu3` on h3; h4 drives."""
+    from netns import NetnsCluster
+
+    return NetnsCluster(netns_hosts).start()

@@ -100,6 +100,16 @@ def _argv_option(argv: list[str], name: str) -> str:
     return next(a.split("=", 1)[1] for a in argv if a.startswith(name + "="))
 
 
+def _dry_run(stdout: str) -> tuple[dict[str, str], list[str]]:
+    """A dry run's `VAR=value ... ray start ...`: (the variables, the command)."""
+    words = shlex.split(stdout)
+    env = {}
+    while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]):
+        key, value = words.pop(0).split("=", 1)
+        env[key] = value
+    return env, words
+
+
 # -- no Ray: help, dry runs, bad input, an address where nothing listens ------------------------
 def test_help_lists_every_command():
     r = kiln("--help")
@@ -116,8 +126,13 @@ def test_up_dry_run_prints_the_exact_ray_head_command(args, host, block):
     r = kiln("up", "--port", 6390, "--name", "head1", "--dry-run", *args)
     assert r.returncode == 0, _show(r)
     assert len(r.stdout.splitlines()) == 1  # stdout is the command alone, quoted for a shell
-    argv = shlex.split(r.stdout)
+    env, argv = _dry_run(r.stdout)
     assert argv[:3] == [RAY, "start", "--head"]
+    # Node death detected within seconds, not Ray's minute; no Prometheus exporter on every
+    # interface; no autoscaler monitor (its metrics port listens on every interface too).
+    assert env == {"RAY_enable_metrics_collection": "0", "RAY_health_check_period_ms": "1000",
+                   "RAY_health_check_timeout_ms": "1500", "RAY_health_check_failure_threshold": "3"}
+    assert "--no-monitor" in argv and "--include-dashboard=false" in argv
     assert f"--node-ip-address={host}" in argv  # 127.0.0.1 unless --host
     assert "--port=6390" in argv
     assert json.loads(_argv_option(argv, "--resources")) == {"kiln-node:head1": 1}
@@ -130,8 +145,36 @@ def test_up_dry_run_prints_the_exact_ray_head_command(args, host, block):
 def test_join_dry_run_prints_the_exact_ray_worker_command():
     r = kiln("join", "127.0.0.1:6390", "--name", "gpu2", "--num-gpus", 0, "--dry-run")
     assert r.returncode == 0, _show(r)
-    assert shlex.split(r.stdout) == [RAY, "start", "--address=127.0.0.1:6390",
-                                     '--resources={"kiln-node:gpu2": 1}', "--num-gpus=0"]
+    assert _dry_run(r.stdout) == ({"RAY_enable_metrics_collection": "0"}, [
+        RAY, "start", "--address=127.0.0.1:6390", "--min-worker-port=10002",
+        "--max-worker-port=19999", "--disable-usage-stats", '--resources={"kiln-node:gpu2": 1}',
+        "--num-gpus=0"])
+
+
+@pytest.mark.parametrize(("port", "workers"), [(6379, (10002, 19999)), (16379, (20002, 29999)),
+                                               (26379, (10002, 19999))])
+def test_up_keeps_ray_worker_ports_away_from_the_head_port(port, workers):
+    # Ray's workers take 10002-19999 by default: `ray start --port 16379` refuses to start.
+    r = kiln("up", "--port", port, "--name", "head1", "--dry-run")
+    assert r.returncode == 0, _show(r)
+    _, argv = _dry_run(r.stdout)
+    low, high = int(_argv_option(argv, "--min-worker-port")), int(_argv_option(argv, "--max-worker-port"))
+    assert (low, high) == workers
+    assert not low <= port <= high and not low <= 10001 <= high
+
+
+def test_up_on_a_taken_port_fails_at_once_naming_the_port(scratch):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        r = kiln("up", "--port", port, "--name", "head1", env=scratch.env(), timeout=120)
+        took = time.monotonic() - started
+    assert r.returncode == 1, _show(r)
+    assert f"--port {port}: port {port} is taken" in _flat(r.stderr)
+    assert took < 15, took  # Ray alone took ~46 s to give up
+    assert not _processes_with_env("RAY_TMPDIR", str(scratch.root))  # nothing was started
 
 
 @pytest.mark.parametrize(("command", "name"), [
@@ -227,19 +270,29 @@ def scratch():
 
 # -- the embedded default ------------------------------------------------------------------------
 @pytest.mark.slow
-def test_demo_on_the_embedded_default_prints_seed_000_and_seed_001(scratch):
-    r = kiln("demo", env=scratch.env(), timeout=300)  # no address: a local Ray of its own
+def test_demo_on_the_embedded_default_prints_both_runs_readably_at_80_columns(scratch):
+    # Piped, at 80 columns, as `kiln demo | less` on a narrow terminal shows it.
+    r = kiln("demo", env=scratch.env(COLUMNS="80"), timeout=300)  # no address: a local Ray
     assert r.returncode == 0, _show(r)
     out = r.stdout
-    assert "seed 000" in out and "Combined 200 samples" in out  # one node: the local one
+    assert max(map(len, out.splitlines())) <= 80, out
+    assert "A normal model sampled on every node, draws combined" in out.splitlines()
+    assert "A 4-chain Bayesian model with its pooled posterior" in out.splitlines()
+    assert "seed 0" not in out.lower()  # words from kiln's design documents, not the user's
+    assert "Combined 200 draws" in out  # one node: the local one
+    # Nothing but kiln's own output: no Ray notice, no library warning.
+    assert r.stderr.strip() == "", r.stderr
+    where = out.strip().splitlines()[-1]
+    assert re.fullmatch(r"Ran on \S+ \(cpu, local Ray\): connect \d+\.\d s, "
+                        r"normal \d+\.\d s, 4 chains \d+\.\d s", where), where
     row = re.search(r"│ (\S+)\s+│ cpu\s+│ 200\s+│ (\S+)\s+│ (\S+)\s+│ (\d+) ms\s+│ (\d+) ms", out)
     assert row, out
     mean, sd, on_agent, round_trip = float(row[2]), float(row[3]), int(row[4]), int(row[5])
     assert abs(mean) < 4 * sd / math.sqrt(100) and 0.7 < sd < 1.3
     assert 0 < on_agent <= round_trip
-    assert "seed 001: 4 chains" in _flat(out)
+    assert "4 chains x (500 warmup + 1000 draws) on" in out
     assert len(re.findall(r"^│ [1-4]\s+│ \d\.\d{3}\s+│ \d\.\d{3}\s+│$", out, re.MULTILINE)) == 4
-    assert "Pooled posterior (4000 samples across 4 chains)" in out
+    assert "Pooled posterior (4000 draws across 4 chains)" in out
     exact = seed_001_posterior_means()
     for var in ("mu", "sigma"):
         m = re.search(rf"{var}:\s+(\S+) ± (\S+)\s+\(r_hat (\S+), ess (\d+)\)", out)
@@ -276,7 +329,8 @@ class CliCluster(Scratch):
     def start(self) -> None:
         self.state = "down"
         self.address, self.token = f"127.0.0.1:{_free_port()}", ""
-        r = self.kiln("up", "--port", self.address.split(":")[1], "--name", "head1", head=True)
+        r = self.kiln("up", "--port", self.address.split(":")[1], "--client-port", _free_port(),
+                      "--name", "head1", head=True)
         assert r.returncode == 0, _show(r)
         self.banner = _flat(r.stdout)
         t = subprocess.run([RAY, "get-auth-token"], env=self.env(head=True), capture_output=True,
@@ -351,16 +405,22 @@ def test_status_lists_both_named_nodes_ready(cli_cluster):
 
 
 @multinode
-def test_a_driver_without_the_token_is_refused_and_told_to_set_it(cli_cluster):
-    # Token authentication is on: without RAY_AUTH_MODE/RAY_AUTH_TOKEN Ray lets nobody in.
-    # (RAY_gcs_server_port_wait_time_s only shortens Ray's 20 retries of one second.)
-    env = cli_cluster.env(RAY_gcs_server_port_wait_time_s="2")
+@pytest.mark.parametrize("token", ["none", "wrong"])
+def test_a_driver_without_the_right_token_is_refused_at_once_and_told_to_set_it(cli_cluster, token):
+    # Token authentication is on: without the head's token Ray lets nobody in, and alone it
+    # retries for ~20 s, a warning a second, without naming the token.
+    env = cli_cluster.env()
     del env["RAY_AUTH_MODE"], env["RAY_AUTH_TOKEN"]
+    if token == "wrong":
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64)
+    started = time.monotonic()
     r = kiln("status", "--json", "--address", cli_cluster.address, env=env, timeout=90)
+    assert time.monotonic() - started < 15
     assert r.returncode == 1, _show(r)
     message = _flat(r.stderr)
     assert f"could not attach to the Ray cluster at {cli_cluster.address}" in message
     assert "RAY_AUTH_MODE=token" in message and "RAY_AUTH_TOKEN" in message
+    assert "gcs_client" not in r.stderr
     assert r.stdout.strip() == ""
 
 
@@ -381,12 +441,14 @@ def test_doctor_passes_every_check_on_a_healthy_cluster(cli_cluster):
 
 
 @multinode
-def test_demo_runs_seed_000_on_both_nodes_and_seed_001_with_four_chains(cli_cluster):
+def test_demo_samples_a_normal_on_both_nodes_and_a_four_chain_model(cli_cluster):
     r = cli_cluster.kiln("demo", "--json", "--address", cli_cluster.address, timeout=300)
     assert r.returncode == 0, _show(r)
     out = json.loads(r.stdout)
 
-    s0 = out["seed_000"]  # one dispatch per node of N(0, 1), then kiln.combine
+    assert out["where"]["address"] == cli_cluster.address
+    assert set(out["seconds"]) == {"connect", "normal", "model"}
+    s0 = out["normal"]  # one dispatch per node of N(0, 1), then kiln.combine
     assert sorted(n["node"] for n in s0["nodes"]) == ["gpu2", "head1"]
     for n in s0["nodes"]:
         assert (n["n"], n["device"]) == (200, "cpu")
@@ -397,7 +459,7 @@ def test_demo_runs_seed_000_on_both_nodes_and_seed_001_with_four_chains(cli_clus
     assert both["n"] == 400
     assert both["mean"] == pytest.approx(np.mean([n["mean"] for n in s0["nodes"]]), abs=1e-9)
 
-    s1 = out["seed_001"]
+    s1 = out["model"]
     assert s1["node"] in ("head1", "gpu2")
     assert len(s1["chains"]) == 4 and s1["n"] == 4 * 1000
     exact = seed_001_posterior_means()

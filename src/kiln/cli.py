@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
 import shlex
@@ -10,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,7 +33,7 @@ JsonOut = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="print the ray command instead of running it")]
 Block = Annotated[bool, typer.Option("--block", help="stay in the foreground; stopping kiln stops the node")]
 
-SEED_000_SPEC = {"dist": "normal", "mu": 0.0, "sigma": 1.0}
+NORMAL_SPEC = {"dist": "normal", "mu": 0.0, "sigma": 1.0}
 
 # Set in the environment of the Ray processes that `kiln up` / `kiln join` start (every Ray process
 # of the node inherits it), so that `kiln down` stops those and leaves any other Ray alone.
@@ -57,41 +60,152 @@ def _check_name(name: str) -> None:
               "ending with a letter or digit), e.g. gpu2")
 
 
+def _connect(address: str | None) -> Any:
+    """``kiln.connect(address)``, after two checks that Ray makes slowly or not at all."""
+    import kiln
+
+    if address:
+        _check_attach(address)
+    try:
+        return kiln.connect(address)
+    except Exception as err:
+        if type(err).__name__ == "AuthenticationError":  # Ray's, raised before any connection
+            _fail(f"the Ray cluster at {address} refused this driver's token: {_AUTH_HELP}.")
+        raise
+
+
+def _check_attach(address: str) -> None:
+    """Fail at once, saying what to do, when this machine cannot attach to the head at
+    ``address``: the head refuses its token (Ray alone retries ~20 s, a warning a second, and
+    never names the token), or this machine is not a node of the cluster (Ray runs drivers only on
+    its nodes: alone it waits a minute and says "Failed to connect").
+
+    One request to the head's GCS answers both in milliseconds. Anything else that goes wrong here
+    is left to ``kiln.connect``, which says what it is.
+    """
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or "://" in address:
+        return
+    mode = os.environ.get("RAY_AUTH_MODE", "").lower()
+    has_token = bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                     or Path("~/.ray/auth_token").expanduser().exists())
+    if mode == "token" and not has_token:
+        _fail(f"RAY_AUTH_MODE=token is set but no token is: {_AUTH_HELP}.")
+    if not mode and has_token:
+        # What ray.init does when a token exists and no mode is set (on the head, say).
+        os.environ["RAY_AUTH_MODE"] = mode = "token"
+    import socket
+    import threading
+
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=3).close()
+        from ray._raylet import GcsClient
+        from ray.exceptions import AuthenticationError
+    except (OSError, ImportError):  # nothing listens: kiln.connect says so
+        return
+    found: dict[str, Any] = {}
+
+    def probe() -> None:
+        try:
+            gcs = GcsClient(address=address)
+            found["nodes"] = {info.node_manager_address
+                              for info in gcs.get_all_node_info(timeout=5).values()
+                              if info.state == 0}  # ALIVE
+        except AuthenticationError as err:
+            found["refused"] = err
+        except Exception:  # not Ray, or not answering: kiln.connect says what is wrong
+            pass
+
+    with _stderr_to_null():  # Ray's C++ client logs each refusal on fd 2
+        t = threading.Thread(target=probe, daemon=True)
+        t.start()
+        t.join(timeout=8)
+    if "refused" in found:
+        said = ("this machine sends no token" if mode != "token" else
+                "the token this machine sends (RAY_AUTH_TOKEN) is not the head's")
+        _fail(f"could not attach to the Ray cluster at {address}: it uses token authentication "
+              f"and {said}. {_AUTH_HELP[0].upper()}{_AUTH_HELP[1:]}.")
+    mine = _local_addresses()
+    if found.get("nodes") and mine and not found["nodes"] & mine:
+        _fail(f"could not attach to the Ray cluster at {address}: this machine is not one of its "
+              f"nodes ({', '.join(sorted(found['nodes']))}), and Ray runs drivers (and `kiln "
+              f"status`, `kiln serve`, a notebook) only on its own nodes. Run `kiln join "
+              f"{address} --name NAME` on this machine first.")
+
+
+def _local_addresses() -> set[str]:
+    import psutil
+
+    return {a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+            if a.family.name in ("AF_INET", "AF_INET6")}
+
+
+@contextlib.contextmanager
+def _stderr_to_null():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 @app.command()
 def demo(address: Address = None, as_json: JsonOut = False,
          seed: Annotated[int, typer.Option(help="random seed")] = 1) -> None:
-    """Seed 000 (one call per node, combined draws) and seed 001 (4 chains on a node)."""
+    """A normal model sampled on every node, draws combined; a 4-chain Bayesian model with its pooled posterior."""
+    with _quiet_libraries():
+        out = _run_demo(address, seed)
+    if as_json:
+        print(json.dumps(out, indent=2))
+    else:
+        _print_demo(out)
+
+
+def _run_demo(address: str | None, seed: int) -> dict[str, Any]:
     import kiln
     from kiln.errors import KilnError
 
+    steps: dict[str, float] = {}
+    started = time.perf_counter()
     try:
-        cluster = kiln.connect(address)
+        cluster = _connect(address)
+        steps["connect"] = time.perf_counter() - started
         nodes = sorted({h.node for h in cluster.agents()})
         if not nodes:
             _fail("no ready agent; run `kiln doctor` to see why")
-        per_node = [kiln.dispatch(n, SEED_000_SPEC, num_warmup=200, num_samples=200, seed=seed + i)
+        t = time.perf_counter()
+        per_node = [kiln.dispatch(n, NORMAL_SPEC, num_warmup=200, num_samples=200, seed=seed + i)
                     for i, n in enumerate(nodes)]
         both = kiln.combine(per_node)
-        post = _seed_001(kiln, nodes[0], seed)
+        steps["normal"] = time.perf_counter() - t
+        t = time.perf_counter()
+        post = _four_chains(kiln, nodes[0], seed)
+        steps["model"] = time.perf_counter() - t
+        where = {"address": "embedded" if address is None else address, "nodes": nodes,
+                 "devices": sorted({r.device for r in per_node})}
     except KilnError as err:
         _fail(str(err))
-    out = {
-        "seed_000": {
+    finally:
+        kiln.shutdown(keep_agents=True)
+    return {
+        "where": where,
+        "normal": {
             "nodes": [{"node": r.node, "device": r.device, "n": len(r.samples["x"]), "mean": r.mean(),
                        "sd": r.std(), "total_s": r.timing.get("total_s"),
                        "round_trip_s": r.timing.get("round_trip_s")} for r in per_node],
             "combined": {"n": len(both.samples["x"]), "mean": both.mean(), "sd": both.std()},
         },
-        "seed_001": post,
+        "model": post,
+        "seconds": {k: round(v, 3) for k, v in steps.items()},
     }
-    if as_json:
-        print(json.dumps(out, indent=2))
-    else:
-        _print_demo(out)
-    kiln.shutdown()
 
 
-def _seed_001(kiln: Any, node: str, seed: int) -> dict[str, Any]:
+def _four_chains(kiln: Any, node: str, seed: int) -> dict[str, Any]:
     from kiln.bayes.examples import seed_001
 
     post = kiln.sample(seed_001(), chains=4, warmup=500, draws=1000, on=node, seed=seed, progress=False)
@@ -103,43 +217,121 @@ def _seed_001(kiln: Any, node: str, seed: int) -> dict[str, Any]:
                        "r_hat": float(summary.loc[v, "r_hat"]), "ess_bulk": float(summary.loc[v, "ess_bulk"])}
                    for v in ("mu", "sigma")},
         "n": int(post["mu"].size),
-        "placement": [{k: v for k, v in p.items() if k in ("chains", "node", "device", "seconds")}
-                      for p in getattr(post, "placement", [])] if isinstance(getattr(post, "placement", None), list) else str(getattr(post, "placement", "")),
     }
 
 
 def _print_demo(out: dict[str, Any]) -> None:
-    t = Table(title="seed 000: kiln.dispatch(node, {'dist': 'normal', 'mu': 0.0, 'sigma': 1.0}, "
-                    "num_warmup=200, num_samples=200)")
-    for col in ("node", "device", "samples", "mean", "sd", "on agent", "round trip"):
+    # Headings are plain lines, not table titles: a title wider than its table wraps mid-phrase
+    # at 80 columns. Every line here fits in 80 columns, on a terminal or piped.
+    console.print("[bold]A normal model sampled on every node, draws combined[/]")
+    console.print("  kiln.dispatch(node, {'dist': 'normal', 'mu': 0.0, 'sigma': 1.0},")
+    console.print("                num_warmup=200, num_samples=200)")
+    t = Table()
+    for col in ("node", "device", "draws", "mean", "sd", "on agent", "round trip"):
         t.add_column(col)
-    for r in out["seed_000"]["nodes"]:
-        t.add_row(r["node"], r["device"], str(r["n"]), f"{r['mean']:.3f}", f"{r['sd']:.3f}",
-                  f"{r['total_s'] * 1000:.0f} ms", f"{r['round_trip_s'] * 1000:.0f} ms")
-    c = out["seed_000"]["combined"]
+    for r in out["normal"]["nodes"]:
+        t.add_row(escape(r["node"]), escape(r["device"]), str(r["n"]), f"{r['mean']:.3f}",
+                  f"{r['sd']:.3f}", _ms(r["total_s"]), _ms(r["round_trip_s"]))
     console.print(t)
-    console.print(f"Combined {c['n']} samples: mean={c['mean']:.3f} sd={c['sd']:.3f}\n")
-    s = out["seed_001"]
-    t = Table(title=f"seed 001: 4 chains x (500 warmup + 1000 draws) on {s['node']}")
+    c = out["normal"]["combined"]
+    console.print(f"Combined {c['n']} draws: mean={c['mean']:.3f} sd={c['sd']:.3f}\n")
+    s = out["model"]
+    console.print("[bold]A 4-chain Bayesian model with its pooled posterior[/]")
+    console.print("  mu ~ Normal(0, 10), sigma ~ HalfNormal(2), 10 observations;")
+    console.print(f"  4 chains x (500 warmup + 1000 draws) on {escape(s['node'])}")
+    t = Table()
     for col in ("chain", "mu", "sigma"):
         t.add_column(col)
     for i, ch in enumerate(s["chains"], 1):
         t.add_row(str(i), f"{ch['mu']:.3f}", f"{ch['sigma']:.3f}")
     console.print(t)
     p = s["pooled"]
-    console.print(f"Pooled posterior ({s['n']} samples across {len(s['chains'])} chains):\n"
+    console.print(f"Pooled posterior ({s['n']} draws across {len(s['chains'])} chains):\n"
                   f"  mu:    {p['mu']['mean']:.3f} ± {p['mu']['sd']:.3f}  (r_hat {p['mu']['r_hat']:.3f}, "
                   f"ess {p['mu']['ess_bulk']:.0f})\n"
                   f"  sigma: {p['sigma']['mean']:.3f} ± {p['sigma']['sd']:.3f}  (r_hat "
-                  f"{p['sigma']['r_hat']:.3f}, ess {p['sigma']['ess_bulk']:.0f})")
+                  f"{p['sigma']['r_hat']:.3f}, ess {p['sigma']['ess_bulk']:.0f})\n")
+    w, sec = out["where"], out["seconds"]
+    place = "local Ray" if w["address"] == "embedded" else w["address"]
+    console.print(escape(f"Ran on {', '.join(w['nodes'])} ({', '.join(w['devices'])}, {place}): "
+                         f"connect {sec['connect']:.1f} s, normal {sec['normal']:.1f} s, "
+                         f"4 chains {sec['model']:.1f} s"))
+
+
+def _ms(seconds: Any) -> str:
+    return f"{seconds * 1000:.0f} ms" if isinstance(seconds, (int, float)) else "-"
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Keep the demo's output to kiln's own: other libraries' FutureWarnings and Ray's notices
+    (its token-authentication notice on every local start) stay off the user's terminal; kiln's
+    own warnings still show."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("default", module="kiln")
+        import ray  # noqa: F401 - Ray sets its loggers up when imported: quiet them after
+
+        ray_log = logging.getLogger("ray")
+        level = ray_log.level
+        ray_log.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            ray_log.setLevel(level)
+
+
+# What `kiln up` / `kiln join` change in Ray's defaults, and why (docs/cluster.md lists every
+# socket a node opens and where it listens).
+#
+# Node death detection: the head's GCS checks each raylet's health every period; a node that fails
+# `threshold` checks in a row, each waiting up to `timeout`, is marked dead. A host that drops off
+# the network is therefore declared dead at most period + threshold x (timeout + period)
+# = 1 + 3 x 2.5 = 8.5 s later (Ray's defaults: 3 s, 10 s, 5: over a minute). Set one of these in
+# the environment of `kiln up` to choose another value.
+HEALTH_CHECK = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1500",
+                "RAY_health_check_failure_threshold": "3"}
+# Ray's per-node Prometheus exporter listens on every interface, without authentication; kiln
+# does not use it (the gateway has its own /metrics).
+NODE_ENV = {"RAY_enable_metrics_collection": "0"}
+CLIENT_PORT = 10001  # Ray's client server (ray://HOST:10001), Ray's default
+WORKER_PORTS = (10002, 19999)  # Ray's default range for its workers' gRPC servers
+
+
+def _worker_ports(fixed: list[int]) -> tuple[int, int]:
+    """A worker-port range of Ray's default size that none of the ``fixed`` ports falls in
+    (Ray refuses to start when, say, --port 16379 lies in 10002-19999)."""
+    low, high = WORKER_PORTS
+    while any(low <= p <= high for p in fixed):
+        low, high = low + 10000, high + 10000
+    return low, high
+
+
+def _port_taken(host: str, port: int) -> str | None:
+    """Why ``port`` cannot be bound where Ray will bind it (None when it can). Ray's servers bind
+    ``host`` when it is loopback and every interface otherwise."""
+    import socket
+
+    where = host if host in ("127.0.0.1", "localhost") else "0.0.0.0"
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT is not "taken"
+        try:
+            s.bind((where, port))
+        except OSError as err:
+            return err.strerror or str(err)
+    return None
 
 
 @app.command()
 def up(host: Annotated[str, typer.Option(
-           help="address the head advertises. Ray resolves 127.0.0.1 to this machine's address and "
-                "its servers listen on every interface: keep the ports firewalled, token auth on")
+           help="this machine's address that the other machines reach. The default, 127.0.0.1, "
+                "keeps every port on loopback: this machine only")
        ] = "127.0.0.1",
        port: Annotated[int, typer.Option(help="the head's GCS port")] = 6379,
+       client_port: Annotated[int, typer.Option(
+           help="Ray's client server (ray://HOST:PORT), bound to --host and loopback")
+       ] = CLIENT_PORT,
        name: Annotated[str | None, typer.Option(help="this node's kiln name (default: the host's)")] = None,
        block: Block = False, dry_run: DryRun = False) -> None:
     """Start a Ray head node named for kiln and print the join command."""
@@ -147,8 +339,19 @@ def up(host: Annotated[str, typer.Option(
 
     node = default_node_name() if name is None else name  # --name '' is an error
     _check_name(node)
+    if port == client_port:
+        _fail(f"--port and --client-port are both {port}: give them different ports")
+    low, high = _worker_ports([port, client_port])
     cmd = [_ray_bin(), "start", "--head", f"--node-ip-address={host}", f"--port={port}",
-           "--include-dashboard=false", f"--resources={json.dumps({NODE_RESOURCE + node: 1})}"]
+           f"--ray-client-server-port={client_port}", f"--min-worker-port={low}",
+           f"--max-worker-port={high}", "--include-dashboard=false", "--no-monitor",
+           "--disable-usage-stats", f"--resources={json.dumps({NODE_RESOURCE + node: 1})}"]
+    if not dry_run:
+        for what, p in (("--port", port), ("--client-port", client_port)):
+            why = _port_taken(host, p)
+            if why:
+                _fail(f"{what} {p}: port {p} is taken on this machine ({why}); stop what uses it "
+                      f"or choose another port ({what} PORT)")
     mode = os.environ.get("RAY_AUTH_MODE", "").lower()
     auth_on = mode in ("", "token")
     if not dry_run and not mode:
@@ -164,7 +367,8 @@ def up(host: Annotated[str, typer.Option(
               + ("(127.0.0.1 is this machine only: give --host this machine's address for the "
                  "others.)\n" if host in ("127.0.0.1", "localhost") else "")
               + f"{escape(auth_line)}\nFrom a notebook: kiln.connect(\"{where}\").")
-    _run(cmd, dry_run, block, marker=node, banner=banner)
+    env = {**NODE_ENV, **HEALTH_CHECK}
+    _run(cmd, dry_run, block, marker=node, banner=banner, env=env)
 
 
 @app.command()
@@ -176,11 +380,14 @@ def join(address: Annotated[str, typer.Argument(help="HEAD_HOST:PORT")],
     from kiln.cluster import NODE_RESOURCE
 
     _check_name(name)
-    cmd = [_ray_bin(), "start", f"--address={address}",
+    head_port = address.rpartition(":")[2]
+    low, high = _worker_ports([int(head_port)] if head_port.isdigit() else [])
+    cmd = [_ray_bin(), "start", f"--address={address}", f"--min-worker-port={low}",
+           f"--max-worker-port={high}", "--disable-usage-stats",
            f"--resources={json.dumps({NODE_RESOURCE + name: 1})}"]
     if num_gpus is not None:
         cmd.append(f"--num-gpus={num_gpus}")
-    _run(cmd, dry_run, block, marker=name, banner=None if dry_run else
+    _run(cmd, dry_run, block, marker=name, env=NODE_ENV, banner=None if dry_run else
          f"node [bold]{name}[/] {'joining' if block else 'joined'} {escape(address)}")
 
 
@@ -221,22 +428,31 @@ def _cli_node_processes() -> list[tuple[Any, str]]:
 
     Those carry NODE_MARKER in their environment; their children too, unless they renamed
     themselves (``ray::DashboardAgent`` overwrites its environment with its title), so the
-    children of a marked process count as well.
+    children of a marked process count as well. Only processes in this process's network
+    namespace count: containers (or tests' namespaces) on one machine are other hosts.
     """
     import psutil
 
     mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    here = _net_namespace("self")
     found: dict[int, tuple[Any, str]] = {}
     for proc in psutil.process_iter():
         try:
             node = proc.environ().get(NODE_MARKER)
-            if node and proc.pid not in mine:
+            if node and proc.pid not in mine and _net_namespace(proc.pid) == here:
                 found[proc.pid] = (proc, node)
                 for child in proc.children(recursive=True):
                     found.setdefault(child.pid, (child, node))
         except (psutil.Error, OSError):  # another user's process, a zombie, or gone
             continue
     return [found[pid] for pid in sorted(found) if pid not in mine]
+
+
+def _net_namespace(pid: int | str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except OSError:  # not Linux, or not ours to read: one namespace as far as we can tell
+        return None
 
 
 def _terminate(procs: list[Any], grace: float) -> list[Any]:
@@ -272,16 +488,19 @@ def _terminate(procs: list[Any], grace: float) -> list[Any]:
 
 
 def _run(cmd: list[str], dry_run: bool, block: bool = False, marker: str | None = None,
-         banner: str | None = None) -> None:
+         banner: str | None = None, env: dict[str, str] | None = None) -> None:
     """Run a `ray` command; ``marker`` names the kiln node it starts (see NODE_MARKER)."""
     if block:
         cmd = [*cmd, "--block"]
     if dry_run:
         if banner:
             err_console.print(banner)
-        print(shlex.join(cmd))  # the exact command, quoted so that it pastes into a shell
+        # The exact command with the variables kiln sets, quoted so that it pastes into a shell.
+        print(shlex.join([f"{k}={v}" for k, v in (env or {}).items() if k not in os.environ]
+                         + cmd))
         return
-    env = {**os.environ, **({NODE_MARKER: marker} if marker else {})}
+    # Values the user set in the environment win over kiln's defaults.
+    env = {**(env or {}), **os.environ, **({NODE_MARKER: marker} if marker else {})}
     if block:
         # Become `ray start --block`: stopping this process (Ctrl-C, SIGTERM) stops the node.
         if banner:
@@ -309,7 +528,7 @@ def status(address: Address = None, as_json: JsonOut = False) -> None:
     from kiln.report import nodes_table
 
     try:
-        cluster = kiln.connect(address)
+        cluster = _connect(address)
     except KilnError as err:
         _fail(str(err))
     nodes = cluster.nodes()
@@ -328,7 +547,7 @@ def doctor(address: Address = None, as_json: JsonOut = False) -> None:
     from kiln.report import checks_table
 
     try:
-        cluster = kiln.connect(address)
+        cluster = _connect(address)
     except KilnError as err:
         _fail(str(err))
     nodes = cluster.nodes()
@@ -347,16 +566,91 @@ def doctor(address: Address = None, as_json: JsonOut = False) -> None:
 
 
 @app.command()
-def serve(host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+def serve(host: Annotated[str, typer.Option(
+              help="address to bind; anything but loopback needs --api-key-file")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="port")] = 8000,
-          strategy: Annotated[str, typer.Option(help="round_robin | least_loaded | consistent_hash")] = "round_robin",
-          api_key_file: Annotated[Path | None, typer.Option(help="file holding the Bearer API key")] = None,
-          address: Address = None) -> None:
-    """The HTTP gateway: /infer, /infer/parallel, /v1/embeddings, /cluster, /metrics."""
-    from kiln.serve import run
+          strategy: Annotated[str, typer.Option(
+              help="round_robin | least_loaded | consistent_hash")] = "round_robin",
+          api_key_file: Annotated[Path | None, typer.Option(
+              help="file holding the Bearer API key")] = None,
+          address: Address = None,
+          fallback: Annotated[str, typer.Option(
+              help="on: encode in the gateway when no agent can (model loaded at start); "
+                   "off: answer 503")] = "on",
+          allow_no_cluster: Annotated[bool, typer.Option(
+              help="start even when the cluster does not answer; attach when it does")] = False,
+          allow_public_without_key: Annotated[bool, typer.Option(
+              help="serve a non-loopback --host with no API key (anyone who reaches it may "
+                   "use it)")] = False,
+          timeout: Annotated[float, typer.Option(
+              help="seconds a request may take in all, across every retry")] = 30.0,
+          retries: Annotated[int, typer.Option(help="other agents to try after one fails")] = 2,
+          max_texts: Annotated[int, typer.Option(help="texts per request")] = 2048,
+          max_body_bytes: Annotated[int, typer.Option(help="request body limit")] = 8 * 2**20,
+          max_inflight: Annotated[int, typer.Option(
+              help="requests served at once; more get 503 + Retry-After")] = 256,
+          workers: Annotated[int, typer.Option(
+              help="worker processes sharing the port (more than 1 needs --address)")] = 1,
+          timeout_keep_alive: Annotated[float, typer.Option(
+              help="close an idle keep-alive connection after this many seconds")] = 5.0,
+          timeout_header: Annotated[float, typer.Option(
+              help="close a connection whose request headers take longer")] = 10.0,
+          timeout_body: Annotated[float, typer.Option(
+              help="answer 408 to a body that takes longer to arrive")] = 30.0,
+          timeout_graceful_shutdown: Annotated[float, typer.Option(
+              help="seconds to finish requests in flight on shutdown")] = 30.0,
+          limit_concurrency: Annotated[int | None, typer.Option(
+              help="uvicorn's: connections + tasks before new requests get 503")] = None,
+          limit_max_requests: Annotated[int | None, typer.Option(
+              help="uvicorn's: a worker restarts after this many requests")] = None,
+          max_connections: Annotated[int | None, typer.Option(
+              help="open connections per worker; at the cap the oldest idle ones are closed "
+                   "(default: below the open-file limit)")] = None,
+          backlog: Annotated[int, typer.Option(help="the listening socket's backlog")] = 2048,
+          h11_max_incomplete_event_size: Annotated[int | None, typer.Option(
+              help="uvicorn's: bytes of request line and headers at most")] = None,
+          root_path: Annotated[str, typer.Option(help="uvicorn's: behind a path prefix")] = "",
+          proxy_headers: Annotated[bool, typer.Option(
+              help="uvicorn's: trust X-Forwarded-* from --forwarded-allow-ips")] = False,
+          forwarded_allow_ips: Annotated[str | None, typer.Option(
+              help="uvicorn's: proxies whose X-Forwarded-* are trusted")] = None,
+          ssl_keyfile: Annotated[str | None, typer.Option(help="TLS key file")] = None,
+          ssl_certfile: Annotated[str | None, typer.Option(help="TLS certificate file")] = None,
+          log_level: Annotated[str, typer.Option(
+              help="critical | error | warning | info | debug | trace")] = "info",
+          access_log: Annotated[bool, typer.Option(help="log every request")] = False) -> None:
+    """The HTTP gateway: /infer, /infer/parallel, /v1/embeddings, /v1/models, /cluster,
+    /metrics, /healthz, /readyz. See docs/gateway.md for running it in production."""
+    from kiln.errors import GatewayError
+    from kiln.serve.options import ServeOptions
+    from kiln.serve.supervisor import serve as supervise
 
-    run(host=host, port=port, strategy=strategy,
-        api_key_file=str(api_key_file) if api_key_file else None, address=address)
+    def fail(message: str) -> None:
+        # One line whatever the terminal's width: an operator greps for it in a unit's log.
+        err_console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
+        raise typer.Exit(1)
+
+    if fallback not in ("on", "off"):
+        fail(f"--fallback {fallback!r}: use on or off")
+    options = ServeOptions(
+        host=host, port=port, address=address, strategy=strategy,
+        api_key_file=str(api_key_file) if api_key_file else None,
+        allow_public_without_key=allow_public_without_key, fallback=fallback == "on",
+        allow_no_cluster=allow_no_cluster, timeout=timeout, retries=retries,
+        max_texts=max_texts, max_body_bytes=max_body_bytes, max_inflight=max_inflight,
+        workers=workers, timeout_keep_alive=timeout_keep_alive, timeout_header=timeout_header,
+        timeout_body=timeout_body, timeout_graceful_shutdown=timeout_graceful_shutdown,
+        limit_concurrency=limit_concurrency, limit_max_requests=limit_max_requests,
+        max_connections=max_connections, backlog=backlog,
+        h11_max_incomplete_event_size=h11_max_incomplete_event_size, root_path=root_path,
+        proxy_headers=proxy_headers, forwarded_allow_ips=forwarded_allow_ips,
+        ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile, log_level=log_level,
+        access_log=access_log)
+    try:
+        options.check()  # every argument, before anything connects
+        supervise(options)
+    except GatewayError as err:
+        fail(str(err))
 
 
 def main() -> None:
