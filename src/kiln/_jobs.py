@@ -39,18 +39,21 @@ from kiln.errors import (
     AgentLostError,
     CallTimeoutError,
     CancelledError,
+    ConnectError,
     KilnError,
     NoAgentsError,
     PoisonJobError,
 )
 
-# How often running jobs are asked for their progress when someone shows it.
-PROGRESS_EVERY_S = 0.5
+PROGRESS_EVERY_S = 0.5  # how often running jobs are asked for progress, when it is shown
 # Kills of agents (their node still up) after which a job is poison.
 POISON_KILLS = 2
+# The head is looked at this often while jobs run, and given up on after this long: Ray ends a
+# driver whose head is gone after 60 s without a word, so the caller hears it from kiln first.
+HEAD_CHECK_EVERY_S = 2.0
+HEAD_LOST_AFTER_S = 6.0
 
 RETRY_HERE = object()  # Policy.accept's answer: re-send this job to the same agent now
-
 
 @dataclass
 class Job:
@@ -126,6 +129,8 @@ class _Run:
         self.t0 = time.monotonic()
         self.deadline = None if policy.timeout is None else self.t0 + policy.timeout
         self.last_progress = 0.0
+        self.head_checked = time.monotonic()
+        self.head_silent_since: float | None = None
         if any(j.agents is None for j in jobs):
             self.agents = self._look_for_agents()
 
@@ -322,6 +327,25 @@ class _Run:
             if value is not None:
                 self.policy.on_progress(a.job, a.handle, value)
 
+    def watch_head(self) -> None:
+        """Raise ``ConnectError`` when the cluster's head has stopped answering for a while."""
+        now = time.monotonic()
+        if now - self.head_checked < HEAD_CHECK_EVERY_S:
+            return
+        self.head_checked = now
+        if _cluster.head_reachable(self.cluster.address):
+            self.head_silent_since = None
+            return
+        self.head_silent_since = self.head_silent_since or now
+        if now - self.head_silent_since >= HEAD_LOST_AFTER_S:
+            left = sorted({self.jobs[a.job].label for a in self.inflight.values()}
+                          | {self.jobs[i].label for i in self.queue})
+            self.cancel_all()
+            raise ConnectError(
+                f"the cluster's head at {self.cluster.address} stopped answering during "
+                f"{self.policy.what} ({', '.join(left) or 'no job'} unfinished). Once it is "
+                "back, call kiln.connect() again (a restarted head is a new cluster).")
+
     def cancel_all(self) -> None:
         for call, attempt in list(self.inflight.items()):
             call.cancel()
@@ -365,6 +389,7 @@ def run_with_placement(jobs: list[Job], policy: Policy | None = None
                 time.sleep(min(0.05, r.wait_budget() or 0.05))
             r.expire()
             r.progress()
+            r.watch_head()
     except BaseException:
         r.cancel_all()  # a stop, a deadline or an error: nothing is left running on the agents
         raise

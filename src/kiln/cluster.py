@@ -503,6 +503,19 @@ def connect(address: str | None = None, *, name: str | None = None, num_cpus: in
     return cluster
 
 
+def head_reachable(address: str, timeout: float = 1.0) -> bool:
+    """Whether the head's GCS accepts a TCP connection (no Ray call: nothing left pending)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return True  # not a HOST:PORT address: nothing to look at
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _fail_fast_if_nothing_listens(address: str, timeout: float = 5.0) -> None:
     """Raise ConnectError at once when nothing accepts a connection at HOST:PORT.
 
