@@ -1,27 +1,61 @@
 #!/usr/bin/env bash
 # GPU runs on a lent GPU machine (CI has none). From the repo root there, with the wheels of
-# ../shared/device/prepare.sh carried in .whl/ (and .model/minilm for the embedding parts):
-#   bash bench/gpu.sh setup            install the carried wheels into /tmp/site
+# ../shared/device/prepare.sh carried in .whl/ and the model in .model/:
+#   bash bench/gpu.sh setup            install the carried wheels into /tmp/site; write random
+#                                      MiniLM-shaped weights into .model/minilm when only
+#                                      .model/minilm-cfg was carried (prepare.sh --model-config)
 #   bash bench/gpu.sh tests [-k EXPR]  tests_gpu/ (GPU code paths)
-#   bash bench/gpu.sh dispatch|sampling|embed   the benchmarks, JSON into $OUT (or bench/results)
+#   bash bench/gpu.sh dispatch|sampling the benchmarks, JSON into $OUT (or bench/results)
+#   bash bench/gpu.sh embed [ARGS]     issue 9 item 3, all of it: raw sentence-transformers
+#                                      (batch sweep), kiln's Encoder, kiln.embed, `kiln serve`
+#                                      under load, FastAPI and Ray Serve (swept) under the same
+#                                      load: embed-<gpu>.json + serve-peers-<gpu>.json
+#   bash bench/gpu.sh embed-kiln|peers the two halves, when one call cannot hold both
+# Without a GPU (here), embed / embed-kiln / peers run at --quick size with one torch thread.
+# Ray Serve (the `bench` extra) imports one more package than kiln (grpcio-reflection; where the
+# image's grpcio is too old for it, bench/serve_peers.py puts a stand-in in its place), and
+# py-spy profiles the gateway (summary in the JSON, raw stacks in /tmp/kiln-prof):
+#   EXTRA="grpcio-reflection==1.85.1 py-spy==0.4.3" bash ../shared/device/prepare.sh --model-config
+# When the halves run in two calls, the ratios are joined here afterwards:
+#   python bench/embed.py --ratios bench/results/embed-h100.json \
+#     --peers-json bench/results/serve-peers-h100.json
 set -euo pipefail
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 \
   TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export KILN_POSTERIORDB=${KILN_POSTERIORDB:-$PWD/.posteriordb}
 [ -d .model/minilm ] && export KILN_EMBED_MODEL_DEFAULT=$PWD/.model/minilm
 out=${OUT:-bench/results}
+py=${PYTHON:-python3}
+[ ! -d /tmp/site ] && [ -x .venv/bin/python ] && py=.venv/bin/python   # the CPU box here
+gpu() { command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; }
+small=(); gpu || small=(--quick --threads 1)
+model=(); [ -n "${KILN_EMBED_MODEL_DEFAULT:-}" ] && model=(--model "$KILN_EMBED_MODEL_DEFAULT")
 what=${1:-}; shift || true
 case "$what" in
   setup)
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/site .whl/*.whl
-    nvidia-smi -L; python3 -c 'import jax, torch; print("jax", jax.__version__, jax.devices(), "torch", torch.__version__)' ;;
+    if [ -d .model/minilm-cfg ] && [ ! -f .model/minilm/model.safetensors ]; then
+      $py .model/mkweights.py .model/minilm-cfg .model/minilm
+    fi
+    nvidia-smi -L; $py -c 'import jax, torch; print("jax", jax.__version__, jax.devices(), "torch", torch.__version__)'
+    $py -c 'import aiohttp, orjson, sys; sys.path.insert(0, "bench"); import serve_peers
+serve_peers.reflection_stand_in(); import ray.serve; print("ray serve", ray.__version__)' ||
+      echo "no Ray Serve here: the peers part will fail (see the EXTRA line above)" >&2 ;;
   tests)
-    python3 -m pytest -q -p no:cacheprovider --durations=0 tests_gpu "$@" 2>&1 | tee "$out/gpu-tests.txt" ;;
-  dispatch) python3 bench/dispatch.py --out "$out/dispatch-h200.json" "$@" ;;
-  sampling) python3 bench/sampling.py --chains 4,1024,4096 --repeats 3 --skip pymc \
+    $py -m pytest -q -p no:cacheprovider --durations=0 tests_gpu "$@" 2>&1 | tee "$out/gpu-tests.txt" ;;
+  dispatch) $py bench/dispatch.py --out "$out/dispatch-h200.json" "$@" ;;
+  sampling) $py bench/sampling.py --chains 4,1024,4096 --repeats 3 --skip pymc \
               --out "$out/sampling-h200.json" "$@" ;;
-  embed) python3 bench/embed.py --model "$KILN_EMBED_MODEL_DEFAULT" --requests 256 --bulk 50000 \
-           --out "$out/embed-h200.json" "$@" ;;
-  *) echo "usage: bash bench/gpu.sh setup|tests|dispatch|sampling|embed" >&2; exit 2 ;;
+  embed) $py bench/embed.py "${model[@]}" "${small[@]}" --profile-dir /tmp/kiln-prof \
+           --out-dir "$out" "$@" ;;
+  embed-kiln) $py bench/embed.py "${model[@]}" "${small[@]}" --profile-dir /tmp/kiln-prof \
+                --no-peers --out-dir "$out" "$@" ;;
+  peers)
+    tag=$($py -c 'import sys; sys.path.insert(0, "bench"); import serve_peers; print(serve_peers.device_tag())')
+    quick=(); gpu || quick=(--quick)
+    if gpu; then procs=(--procs 4); else procs=(); export OMP_NUM_THREADS=1; fi
+    $py bench/serve_peers.py "${model[@]}" "${quick[@]}" "${procs[@]}" \
+      --out "$out/serve-peers-$tag.json" "$@" ;;
+  *) echo "usage: bash bench/gpu.sh setup|tests|dispatch|sampling|embed|embed-kiln|peers" >&2; exit 2 ;;
 esac
