@@ -22,7 +22,7 @@
 set -euo pipefail
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 \
   TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-export KILN_POSTERIORDB=${KILN_POSTERIORDB:-$PWD/.posteriordb}
+export KILN_POSTERIORDB=${KILN_POSTERIORDB:-$PWD/tests/data/posteriordb}
 [ -d .model/minilm ] && export KILN_EMBED_MODEL_DEFAULT=$PWD/.model/minilm
 out=${OUT:-bench/results}
 py=${PYTHON:-python3}

@@ -111,15 +111,15 @@ def test_many_chains_run_on_the_gpu_and_match_the_reference(cluster, method):
 
 def test_eight_schools_with_4096_chains_on_the_gpu_matches_posteriordb(cluster):
     import arviz as az
-    from test_bayes_posteriordb import CASES, _load, _stan_names
+    from posteriordb import models, reference
 
-    build, target_accept = CASES["eight_schools-eight_schools_noncentered"]
-    data, reference = _load("eight_schools-eight_schools_noncentered")
-    post = kiln.sample(build(data), chains=4096, warmup=1000, draws=500, seed=11,
-                       target_accept=target_accept, device="gpu", progress=False,
+    mod = models.module("eight_schools-eight_schools_noncentered")
+    data, ref = reference.load(mod.POSTERIOR)
+    post = kiln.sample(mod.model(data), chains=4096, warmup=1000, draws=500, seed=11,
+                       target_accept=mod.RUN.target_accept, device="gpu", progress=False,
                        log_likelihood=False)
-    draws = _stan_names(post.samples)
-    for pname, ref_stats in reference.items():
+    draws = reference.stan_names(post.samples)
+    for pname, ref_stats in ref.items():
         x = draws[pname]
         ess = float(az.ess(x))
         mcse = math.sqrt((ref_stats["sd"] / math.sqrt(ess)) ** 2 + (ref_stats["sd"] / 100) ** 2)

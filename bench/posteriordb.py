@@ -1,0 +1,195 @@
+"""posteriordb benchmark (not a test): kiln against NumPyro NUTS on the posteriordb models.
+
+    python bench/posteriordb.py                        # every model the tests check
+    python bench/posteriordb.py --posteriors arK-arK,sblrc-blr --repeats 5
+
+For each posterior of `tests/posteriordb` (the kiln model written from posteriordb's Stan
+program), in one process on one machine:
+
+  - kiln: `kiln.bayes.engine.run` in-process (BlackJAX NUTS, the whole run one jitted
+    program), one untimed run to compile, then --repeats timed runs with new seeds;
+  - NumPyro: `MCMC(NUTS(model))` over the *same* NumPyro model function kiln compiles
+    the IR to (`kiln.bayes.compile.numpyro_model`), so both sample the same density;
+    `jit_model_args=True`, chains vectorized like kiln's (--chain-method parallel needs
+    XLA_FLAGS=--xla_force_host_platform_device_count=4), one untimed run, then --repeats
+    timed `.run()` calls of the same MCMC.
+
+Both get the same chains, warmup, draws and target acceptance, and the same kind of mass
+matrix: NumPyro's is dense where kiln's engine chose a dense one (mass_matrix="auto", or
+the model's test setting). Seconds are wall time of warmup plus draws; the
+ESS is ArviZ's bulk ESS, the minimum over the parameters of the reference (Stan's names);
+min-ESS/s is their ratio. The table gives the median over the repeats and the spread
+(min-max); ratio = kiln's median min-ESS/s over NumPyro's.
+
+Results: --out (default bench/results/posteriordb-vm.json) and the same name with .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+import numpy as np  # noqa: E402
+from posteriordb import models, reference  # noqa: E402
+from posteriordb.test_posteriordb import POSTERIORS  # noqa: E402
+
+from kiln.bayes import engine  # noqa: E402
+from kiln.bayes.compile import numpyro_model, split_constants  # noqa: E402
+
+
+def min_ess(posterior: str, samples: dict[str, Any]) -> float:
+    """The smallest bulk ESS over the reference's parameters."""
+    import arviz as az
+
+    _, ref = reference.load(posterior)
+    draws = reference.stan_names({k: np.asarray(v) for k, v in samples.items()})
+    return min(float(az.ess(np.asarray(draws[n], float), method="bulk")) for n in ref)
+
+
+def summary(seconds: list[float], ess: list[float]) -> dict[str, Any]:
+    rate = [e / s for e, s in zip(ess, seconds, strict=True)]
+    return {"seconds": seconds, "min_ess": ess, "min_ess_per_s": rate,
+            "median_seconds": statistics.median(seconds), "median_min_ess": statistics.median(ess),
+            "median_min_ess_per_s": statistics.median(rate)}
+
+
+def settings(posterior: str, args: argparse.Namespace) -> dict[str, Any]:
+    run = models.module(posterior).RUN
+    options = dict(run.options)
+    return {"chains": args.chains or run.chains, "warmup": max(args.warmup, run.warmup),
+            "draws": max(args.draws, run.draws), "target_accept": run.target_accept,
+            "options": options}
+
+
+def bench_kiln(model: dict[str, Any], posterior: str, s: dict[str, Any], repeats: int) -> dict:
+    def once(seed: int) -> tuple[float, dict]:
+        t = time.perf_counter()
+        r = engine.run(model, s["chains"], seed=seed, warmup=s["warmup"], draws=s["draws"],
+                       target_accept=s["target_accept"], log_likelihood=False, **s["options"])
+        return time.perf_counter() - t, r
+
+    cold, r = once(100)
+    s["dense"] = np.ndim(r["_inverse_mass_matrix"]) == 3     # (chains, d, d): the metric kiln chose
+    seconds, ess = [], []
+    for i in range(repeats):
+        wall, r = once(101 + i)
+        seconds.append(wall)
+        ess.append(min_ess(posterior, r["samples"]))
+    return {"cold_seconds": cold, **summary(seconds, ess)}
+
+
+def bench_numpyro(model: dict[str, Any], posterior: str, s: dict[str, Any], repeats: int,
+                  chain_method: str) -> dict:
+    import jax
+    import jax.numpy as jnp
+    from numpyro.infer import MCMC, NUTS
+
+    split = split_constants(model)
+    fn = numpyro_model(split.structure)
+    consts = [jnp.asarray(c) for c in split.consts]
+    mcmc = MCMC(NUTS(fn, target_accept_prob=s["target_accept"], dense_mass=s["dense"]),
+                num_warmup=s["warmup"], num_samples=s["draws"], num_chains=s["chains"],
+                chain_method=chain_method, progress_bar=False, jit_model_args=True)
+
+    def once(seed: int) -> tuple[float, dict]:
+        t = time.perf_counter()
+        mcmc.run(jax.random.PRNGKey(seed), consts)
+        samples = jax.block_until_ready(mcmc.get_samples(group_by_chain=True))
+        return time.perf_counter() - t, samples
+
+    cold, _ = once(100)
+    seconds, ess = [], []
+    for i in range(repeats):
+        wall, samples = once(101 + i)
+        seconds.append(wall)
+        ess.append(min_ess(posterior, samples))
+    return {"cold_seconds": cold, **summary(seconds, ess)}
+
+
+def spread(xs: list[float], fmt: str) -> str:
+    return f"{format(statistics.median(xs), fmt)} ({format(min(xs), fmt)}–{format(max(xs), fmt)})"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [
+        f"# posteriordb: kiln vs NumPyro NUTS ({m['host']}, {m['cpus']} CPUs)", "",
+        f"{result['note']}", "",
+        "| posterior | chains × (warmup + draws) | kiln min-ESS | kiln s | kiln min-ESS/s "
+        "| NumPyro min-ESS | NumPyro s | NumPyro min-ESS/s | ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in result["posteriors"].items():
+        s, k, n = r["settings"], r["kiln"], r["numpyro"]
+        lines.append(
+            f"| {name} | {s['chains']} × ({s['warmup']} + {s['draws']}){' dense' if s['dense'] else ''} "
+            f"| {spread(k['min_ess'], '.0f')} | {spread(k['seconds'], '.2f')} "
+            f"| {spread(k['min_ess_per_s'], '.0f')} | {spread(n['min_ess'], '.0f')} "
+            f"| {spread(n['seconds'], '.2f')} | {spread(n['min_ess_per_s'], '.0f')} "
+            f"| {r['ratio']:.2f} |")
+    ratios = [r["ratio"] for r in result["posteriors"].values()]
+    if ratios:
+        lines += ["", f"Median ratio {statistics.median(ratios):.2f}; kiln ahead on "
+                      f"{sum(x >= 1 for x in ratios)} of {len(ratios)}."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--posteriors", default=",".join(POSTERIORS))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--chains", type=int, default=0, help="0: each model's test setting")
+    ap.add_argument("--warmup", type=int, default=1000)
+    ap.add_argument("--draws", type=int, default=1000)
+    ap.add_argument("--chain-method", default="vectorized", choices=("vectorized", "parallel"))
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "posteriordb-vm.json"))
+    args = ap.parse_args()
+
+    import jax
+
+    if args.chain_method == "parallel" and jax.local_device_count() < 4:
+        sys.exit("--chain-method parallel needs XLA_FLAGS=--xla_force_host_platform_device_count=4")
+    result: dict[str, Any] = {
+        "machine": {"host": socket.gethostname(), "cpus": os.cpu_count(),
+                    "platform": platform.platform(), "jax": jax.__version__,
+                    "load_avg_start": os.getloadavg()},
+        "note": ("Wall seconds of warmup + draws, warm (after one untimed run); min-ESS: the "
+                 "smallest bulk ESS over the reference's parameters; median of "
+                 f"{args.repeats} runs (min–max). NumPyro: the same NumPyro model function, "
+                 f"NUTS, chain_method={args.chain_method!r}, jit_model_args=True. ratio: kiln's "
+                 "median min-ESS/s over NumPyro's."),
+        "posteriors": {},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for posterior in args.posteriors.split(","):
+        mod = models.module(posterior)
+        data, _ = reference.load(posterior)
+        model = mod.model(data).validate().to_dict()
+        s = settings(posterior, args)
+        k = bench_kiln(model, posterior, s, args.repeats)
+        n = bench_numpyro(model, posterior, s, args.repeats, args.chain_method)
+        ratio = k["median_min_ess_per_s"] / n["median_min_ess_per_s"]
+        result["posteriors"][posterior] = {"settings": s, "kiln": k, "numpyro": n, "ratio": ratio}
+        print(f"{posterior:45s} kiln {k['median_min_ess_per_s']:8.0f} ESS/s ({k['median_seconds']:.2f} s)"
+              f"  numpyro {n['median_min_ess_per_s']:8.0f} ESS/s ({n['median_seconds']:.2f} s)"
+              f"  ratio {ratio:.2f}", flush=True)
+        result["machine"]["load_avg_end"] = os.getloadavg()
+        out.write_text(json.dumps(result, indent=1))
+        out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Lotka-Volterra predator-prey populations (Hudson's Bay lynx and hare), the ODE
+du/dt = (alpha - beta v) u, dv/dt = (-gamma + delta u) v solved from z_init (Stan's rk45,
+rtol 1e-5, atol 1e-3, 500 steps); observations lognormal around the solution.
+theta = (alpha, beta, gamma, delta) > 0 with theta[1, 3] ~ N(1, 0.5), theta[2, 4] ~
+N(0.05, 0.05); z_init ~ LogNormal(log 10, 1); sigma ~ LogNormal(-1, 1)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kiln.bayes import LogNormal, Model, Normal, log, ode, ref, stack
+
+from . import Run
+
+POSTERIOR = "hudson_lynx_hare-lotka_volterra"
+RUN = Run()
+
+
+def model(data: dict) -> Model:
+    th = ref("theta")
+    z = ode(lambda t, y: stack([(th[0] - th[1] * y[1]) * y[0], (-th[2] + th[3] * y[0]) * y[1]]),
+            y0=ref("z_init"), times=ref("ts"), t0=0.0, method="dopri5", rtol=1e-5, atol=1e-3,
+            max_steps=500)
+    return (Model()
+            .data("ts", np.asarray(data["ts"], float))
+            .rv("theta", Normal(np.array([1.0, 0.05, 1.0, 0.05]), np.array([0.5, 0.05, 0.5, 0.05])),
+                lower=0)
+            .rv("z_init", LogNormal(np.log(10.0), 1.0), shape=2)
+            .rv("sigma", LogNormal(-1.0, 1.0), shape=2)
+            .det("z", z)
+            .rv("y_init_", LogNormal(log(ref("z_init")), "sigma"))
+            .obs("y_init", "y_init_", np.asarray(data["y_init"], float))
+            .rv("y_", LogNormal(log(ref("z")), "sigma"))
+            .obs("y", "y_", np.asarray(data["y"], float)))
