@@ -132,7 +132,8 @@ def test_distributed_ml_notebook_serves_embeddings_through_the_gateway(no_cluste
 
     # /healthz, as the notebook shows it
     health = next(c for c in code if c.source.rstrip().endswith('client.get("/healthz").json()'))
-    assert ast.literal_eval(_text(health)) == {"status": "ok", "agents_ready": 1, "fallback": True}
+    assert ast.literal_eval(_text(health)) == {"status": "ok", "agents_ready": 1, "fallback": True,
+                                               "cluster": "attached"}
 
     # /infer: the seed's shape, from a node of the cluster; the same texts again come from the cache
     infer = check["infer"]
