@@ -1,4 +1,9 @@
-"""The ``kiln`` command: demo | up | join | down | status | doctor | serve."""
+"""The ``kiln`` command: demo | up | join | down | status | doctor | serve.
+
+Long: seven commands with their options, as typer declares them; each command's logic is short
+and the shared parts (addresses, tokens, Ray's process arguments) sit above them. Splitting per
+command would scatter the option declarations a reader compares side by side.
+"""
 
 from __future__ import annotations
 
