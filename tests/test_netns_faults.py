@@ -69,9 +69,6 @@ def test_an_agent_sigkilled_mid_map(netns_cluster, driver):
     assert r.returned == r.items, r
 
 
-@pytest.mark.xfail(strict=False, reason="in the lead's full-suite rehearsal the test driver's "
-                   "event query went unanswered for 30 s during the gateway round (it passed "
-                   "in its own run); not yet explained")
 def test_a_worker_host_dropping_off_the_network_under_gateway_load(netns_cluster, driver):
     gw, url, key = start_gateway(netns_cluster.hosts, netns_cluster)
     try:
@@ -83,9 +80,9 @@ def test_a_worker_host_dropping_off_the_network_under_gateway_load(netns_cluster
     _check(r)
 
 
-@pytest.mark.xfail(strict=False, reason="a head restart was measured at 178 s to serve again on "
-                   "a loaded 2-core machine (bound 120 s); the driver's typed error within 10 s "
-                   "is new and not yet confirmed here")
+@pytest.mark.xfail(strict=True, reason="known bug, issue 8: a driver in a map while the head "
+                   "restarts is ended by Ray (it exits 1; its 30 items are lost) before kiln's "
+                   "head check can raise ConnectError. Strict: the day it passes, this fails.")
 def test_the_head_restarting_mid_map(netns_cluster, driver):
     r, new = head_restart(netns_cluster.hosts, netns_cluster, driver)
     new.close()
