@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from kiln.embed.batcher import Batcher
-from kiln.embed.encoder import Encoder
-from kiln.embed.models import resolve
+from kiln.embeddings.batcher import Batcher
+from kiln.embeddings.encoder import Encoder
+from kiln.embeddings.models import resolve
 
 
 class Gated:

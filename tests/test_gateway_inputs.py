@@ -165,7 +165,7 @@ def test_the_openai_client_lists_models_and_embeds_text_and_token_ids(server):
     import openai
     from transformers import AutoTokenizer
 
-    from kiln.embed.models import resolve
+    from kiln.embeddings.models import resolve
 
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
     assert [m.id for m in client.models.list()] == ["default", "large", "multilingual"]

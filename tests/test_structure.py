@@ -1,9 +1,10 @@
 """How the code base is put together: rules a reviewer would otherwise check by hand.
 
 - the import graph of ``src/kiln`` has no cycles;
-- no capability folder imports another (bayes, embed, code); the gateway (serve) uses only
-  embed's public names;
+- no capability folder imports another (bayes, embeddings, code); the gateway (serve) uses only
+  embeddings' public names;
 - no module is over 400 lines unless its docstring says why (a line starting "Long:");
+- no public name of ``kiln`` (a function) is also the name of one of its modules;
 - no run of six or more lines is written twice in ``src`` (blank lines, comments and imports
   aside).
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "kiln"
-CAPABILITIES = ("bayes", "embed", "code")
+CAPABILITIES = ("bayes", "embeddings", "code")
 MAX_LINES = 400
 RUN = 6
 
@@ -104,8 +105,8 @@ def test_no_capability_imports_another():
             there = folder(t)
             if here is None or there is None or here == there:
                 continue
-            if here == "serve" and t == "kiln.embed":
-                continue  # the gateway uses embed's public names (LocalEncoder, models)
+            if here == "serve" and t == "kiln.embeddings":
+                continue  # the gateway uses embeddings' public names (LocalEncoder, models)
             bad.append(f"{m} -> {t}")
     assert bad == [], "capability folders importing each other:\n" + "\n".join(sorted(bad))
 
@@ -150,3 +151,14 @@ def test_no_run_of_six_lines_is_written_twice():
                        and len(set(places)) > 1})
     assert repeated == [], "the same six lines in several places:\n" + "\n".join(
         " ~ ".join(r) for r in repeated[:20])
+
+
+def test_no_public_name_of_kiln_is_also_one_of_its_modules():
+    # `kiln.embed` was both a function and a package: importing `kiln.embed.worker` rebound the
+    # attribute to the package, so the function had to be made callable on the module
+    import kiln
+
+    submodules = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
+                  if p.suffix == ".py" or (p / "__init__.py").exists()}
+    clashes = sorted(n for n in kiln._LAZY if n in submodules)
+    assert clashes == [], f"public names of kiln that are also its submodules: {clashes}"

@@ -153,7 +153,7 @@ def test_gpu_arrays_cross_the_boundary_as_host_numpy(cluster):
 def test_embeddings_in_half_precision_equal_sentence_transformers_own(cluster):
     from sentence_transformers import SentenceTransformer
 
-    from kiln.embed.models import resolve
+    from kiln.embeddings.models import resolve
 
     texts = [f"a cluster of GPUs answers call {i}" for i in range(64)] + ["one API"]
     vecs = kiln.embed(texts)

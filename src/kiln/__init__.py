@@ -29,7 +29,7 @@ _LAZY = {
     "combine": ("kiln._dispatch", "combine"),
     "DispatchResult": ("kiln._dispatch", "DispatchResult"),
     "sample": ("kiln.bayes.sample", "sample"),
-    "embed": ("kiln.embed.api", "embed"),
+    "embed": ("kiln.embeddings.api", "embed"),
     "call": ("kiln.code.call", "call"),
     "map": ("kiln.code.call", "map"),
     "remote": ("kiln.code.call", "remote"),

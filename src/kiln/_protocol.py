@@ -31,7 +31,7 @@ from kiln.errors import CancelledError
 # capability -> module holding its worker (see the module docstring)
 CAPABILITIES: dict[str, str] = {
     "bayes": "kiln.bayes.worker",
-    "embed": "kiln.embed.worker",
+    "embed": "kiln.embeddings.worker",
     "code": "kiln.code.worker",
 }
 

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from kiln.embed import is_retryable
+from kiln.embeddings import is_retryable
 from kiln.errors import AgentLostError, DeadlineExceededError, GatewayError
 from kiln.serve.attach import ClusterLink
 from kiln.serve.coalesce import Coalescer
@@ -132,7 +132,7 @@ class Gateway:
         # began after the failure lists it ready again; keeping names for good left a healthy
         # node unused until the gateway restarted.
         self._lost: dict[str, float] = {}
-        self._local: Any = None  # kiln.embed.LocalEncoder, loaded at start or never
+        self._local: Any = None  # kiln.embeddings.LocalEncoder, loaded at start or never
         self._local_lock = threading.Lock()
         self._task: asyncio.Task | None = None
         self._refreshing: asyncio.Future | None = None
@@ -417,7 +417,7 @@ class Gateway:
                        answer["truncated"], answer["tokens"], True)
 
     def _load_fallback(self) -> None:
-        from kiln.embed import LocalEncoder
+        from kiln.embeddings import LocalEncoder
 
         with self._local_lock:
             if self._local is None:

@@ -103,7 +103,7 @@ def _tokenizer(model: str) -> Any:
         if model not in _tokenizers:
             from transformers import AutoTokenizer
 
-            from kiln.embed import resolve, set_offline
+            from kiln.embeddings import resolve, set_offline
 
             set_offline()
             _tokenizers[model] = AutoTokenizer.from_pretrained(resolve(model).path)

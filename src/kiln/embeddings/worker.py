@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from kiln.embed.batcher import Batcher
-from kiln.embed.cache import EmbeddingCache
-from kiln.embed.encoder import Encoder
-from kiln.embed.models import resolve
+from kiln.embeddings.batcher import Batcher
+from kiln.embeddings.cache import EmbeddingCache
+from kiln.embeddings.encoder import Encoder
+from kiln.embeddings.models import resolve
 from kiln.errors import EmbedInputError
 
 OPS = ("encode",)  # the jobs an agent may run (kiln._protocol)

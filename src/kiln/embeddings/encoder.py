@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from kiln.embed.graphs import CudaGraphs
-from kiln.embed.models import ModelSpec, dimension, dtype_for, load
-from kiln.embed.tokens import Tokens, fast_path
+from kiln.embeddings.graphs import CudaGraphs
+from kiln.embeddings.models import ModelSpec, dimension, dtype_for, load
+from kiln.embeddings.tokens import Tokens, fast_path
 
 
 class Encoder:
