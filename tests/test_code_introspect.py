@@ -148,3 +148,20 @@ def test_completion_outside_kiln_calls_is_left_to_ipython(ip):
         assert kiln_ipython.complete(text, {}) is None, text
     ip.user_ns["plain_dict"] = {"alpha": 1}
     assert "plain_dict" in _complete(ip, "plain_d")
+
+
+def test_completion_asks_the_node_once_while_its_answer_is_fresh_even_a_failed_one():
+    kiln_ipython.clear_cache()
+    asked = []
+
+    def unreachable() -> list[str]:
+        asked.append(1)
+        raise ConnectionError("no cluster")
+
+    key = ("nodes", uuid.uuid4().hex)
+    assert kiln_ipython._cached(key, unreachable) == []
+    assert kiln_ipython._cached(key, unreachable) == []
+    assert len(asked) == 1
+    kiln_ipython.clear_cache()
+    kiln_ipython._cached(key, unreachable)
+    assert len(asked) == 2

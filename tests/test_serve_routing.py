@@ -95,3 +95,13 @@ def test_plan_chunks_contiguously_for_other_strategies():
 def test_unknown_strategy_is_refused_naming_the_known_ones():
     with pytest.raises(SpecError, match="least_loaded"):
         make_router("fastest")
+
+
+def test_consistent_hash_builds_a_ring_once_per_set_of_agents_and_keeps_at_most_64():
+    ch = ConsistentHash(vnodes=2)
+    ch.order(AGENTS, "a")
+    ch.order(list(reversed(AGENTS)), "b")  # the same set, in another order: the same ring
+    assert (ch.rings.misses, ch.rings.hits) == (1, 1)
+    for i in range(100):
+        ch.order([A(f"agent-{i}")], "a")
+    assert len(ch.rings) == 64 and ch.rings.stats().evictions == 101 - 64

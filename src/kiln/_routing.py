@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
+from kiln._caching import Cache
 from kiln.errors import SpecError
 
 
@@ -111,22 +112,19 @@ class ConsistentHash(Router):
         if vnodes < 1:
             raise SpecError("vnodes", f"must be >= 1, got {vnodes}")
         self.vnodes = vnodes
-        self._rings: dict[tuple[str, ...], tuple[list[int], list[str]]] = {}
-        self._lock = threading.Lock()
+        # one ring per set of agents seen: the gateway sees a few sets as agents come and go
+        self.rings: Cache[tuple[str, ...], tuple[list[int], list[str]]] = Cache(64)
 
     def ring(self, names: Sequence[str]) -> tuple[list[int], list[str]]:
         """Sorted points and their owners for this set of agents (built once per set)."""
         members = tuple(sorted(set(names)))
-        with self._lock:
-            found = self._rings.get(members)
-            if found is None:
-                points = sorted((_hash(f"{name}#{v}"), name)
-                                for name in members for v in range(self.vnodes))
-                found = ([p for p, _ in points], [n for _, n in points])
-                if len(self._rings) > 64:
-                    self._rings.clear()
-                self._rings[members] = found
-            return found
+
+        def build() -> tuple[list[int], list[str]]:
+            points = sorted((_hash(f"{name}#{v}"), name)
+                            for name in members for v in range(self.vnodes))
+            return [p for p, _ in points], [n for _, n in points]
+
+        return self.rings.get_or_make(members, build)[0]
 
     def owners(self, names: Sequence[str], key: str) -> list[str]:
         """All agents, the owner of ``key`` first, then the next distinct ones clockwise."""

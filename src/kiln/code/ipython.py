@@ -14,9 +14,10 @@ A completion that fails (no cluster, node gone) offers nothing rather than an er
 from __future__ import annotations
 
 import re
-import time
+from collections.abc import Callable
 from typing import Any
 
+from kiln._caching import Cache
 from kiln.code.introspect import RemoteModule
 
 _CACHE_S = 5.0
@@ -29,19 +30,19 @@ _AFTER_NODE = re.compile(r"^\s*([\"'])(?P<node>[^\"']+)\1\s*,\s*$")
 _ATTRIBUTE = re.compile(r"(?P<expr>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\.(?P<attr>\w*)$")
 _CALLEE = re.compile(r"(?P<callee>[A-Za-z_][\w.]*)\s*$")
 
-_cache: dict[tuple, tuple[float, list[str]]] = {}
+# a few seconds, so that typing does not send a call per key; a few hundred names and nodes
+_cache: Cache[tuple[str, ...], list[str]] = Cache(256, ttl=_CACHE_S)
 
 
-def _cached(key: tuple, compute) -> list[str]:
-    now = time.monotonic()
-    hit = _cache.get(key)
-    if hit and now - hit[0] < _CACHE_S:
-        return hit[1]
+def _cached(key: tuple[str, ...], compute: Callable[[], list[str]]) -> list[str]:
+    found = _cache.get(key)
+    if found is not None:
+        return found
     try:
         value = compute()
     except Exception:  # completion must never raise into the editor
         value = []
-    _cache[key] = (now, value)
+    _cache.put(key, value)
     return value
 
 

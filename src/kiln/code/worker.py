@@ -21,12 +21,13 @@ from __future__ import annotations
 import pickle
 import threading
 import traceback
-from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
 
 from kiln import errors
+from kiln._caching import Cache
 from kiln.code import context, introspect, pickling
 
 OPS = ("install", "have", "run", "inspect", "modules")  # the jobs an agent may run
@@ -38,30 +39,23 @@ _MAX_CODE = 512
 
 
 class State:
-    """Per-agent: shipped code by digest (LRU) and counters."""
+    """Per-agent: shipped code by digest (an LRU) and counters."""
 
     def __init__(self, ctx: Any) -> None:
-        self.code: OrderedDict[str, Any] = OrderedDict()
-        self.lock = threading.Lock()
+        self.code: Cache[str, Callable[..., Any]] = Cache(_MAX_CODE)
+        self.lock = threading.Lock()  # the counters'
         self.installs = 0
         self.calls = 0
         self.errors = 0
 
-    def get(self, digest: str) -> Any | None:
-        with self.lock:
-            fn = self.code.get(digest)
-            if fn is not None:
-                self.code.move_to_end(digest)
-            return fn
+    def get(self, digest: str) -> Callable[..., Any] | None:
+        return self.code.get(digest)
 
-    def put(self, digest: str, data: bytes) -> Any:
+    def put(self, digest: str, data: bytes) -> Callable[..., Any]:
         fn = pickling.load_code(data)
+        self.code.put(digest, fn)
         with self.lock:
-            self.code[digest] = fn
-            self.code.move_to_end(digest)
             self.installs += 1
-            while len(self.code) > _MAX_CODE:
-                self.code.popitem(last=False)
         return fn
 
 
@@ -76,8 +70,7 @@ def install(state: State, payload: dict, ctx: Any) -> dict:
 
 
 def have(state: State, payload: dict, ctx: Any) -> dict:
-    with state.lock:
-        return {"digests": list(state.code)}
+    return {"digests": state.code.keys()}
 
 
 def run(state: State, payload: dict, ctx: Any) -> dict:
@@ -136,7 +129,8 @@ def modules(state: State, payload: dict, ctx: Any) -> dict:
 def info(state: State) -> dict:
     with state.lock:
         return {"code_blobs": len(state.code), "installs": state.installs,
-                "calls": state.calls, "errors": state.errors}
+                "calls": state.calls, "errors": state.errors,
+                "code_cache": state.code.stats()._asdict()}
 
 
 def _pack_error(err: BaseException) -> dict:
