@@ -435,9 +435,21 @@ def test_doctor_passes_every_check_on_a_healthy_cluster(cli_cluster):
         (agent,) = node["agents"]
         assert [(c["check"], c["ok"]) for c in agent["checks"]] == [
             ("named-node", "yes"), ("fingerprint", "yes"), ("device", "yes")]
+    settings = {s["variable"]: s for s in report["settings"]}
+    assert settings["KILN_EMBED_CACHE_BYTES"]["default"] == str(256 * 2**20)
+    assert all(s["description"] for s in report["settings"])
     table = cli_cluster.kiln("doctor", "--address", cli_cluster.address)
     assert table.returncode == 0, _show(table)
     assert "all checks passed" in table.stdout and "FAILED" not in table.stdout
+    assert "KILN_AGENT_MEMORY_LIMIT_MB" in table.stdout
+
+
+def test_doctor_names_a_kiln_variable_it_cannot_use_before_connecting():
+    r = kiln("doctor", "--address", "127.0.0.1:1", env=_env(KILN_EMBED_CACHE_BYTES="lots"),
+             timeout=60)
+    assert r.returncode == 1, _show(r)
+    assert "KILN_EMBED_CACHE_BYTES" in r.stderr and "'lots'" in r.stderr
+    assert "could not attach" not in r.stderr
 
 
 @multinode

@@ -546,21 +546,27 @@ def status(address: Address = None, as_json: JsonOut = False) -> None:
 
 @app.command()
 def doctor(address: Address = None, as_json: JsonOut = False) -> None:
-    """Every agent's start-up checks; exits 1 if any failed."""
+    """Every agent's start-up checks, and the KILN_* settings; exits 1 if any check failed."""
     import kiln
+    from kiln._settings import rows
     from kiln.errors import KilnError
-    from kiln.report import checks_table
+    from kiln.report import checks_table, settings_table
 
     try:
+        settings = rows()
         cluster = _connect(address)
     except KilnError as err:
         _fail(str(err))
     nodes = cluster.nodes()
     failed = [a for n in nodes if n.alive for a in n.agents if a.state != "ready"]
     if as_json:
-        print(json.dumps({"ok": not failed, "nodes": [n.as_dict() for n in nodes]}, indent=2, default=str))
+        print(json.dumps({"ok": not failed, "nodes": [n.as_dict() for n in nodes],
+                          "settings": [dict(zip(("variable", "value", "default", "description"),
+                                                r, strict=True)) for r in settings]},
+                         indent=2, default=str))
     else:
         console.print(checks_table(nodes))
+        console.print(settings_table(settings))
         console.print("[green]all checks passed[/]" if not failed
                       else f"[red]{len(failed)} agent(s) refused to start[/]")
         for a in failed:

@@ -13,6 +13,7 @@ Each message says what happened, where (node, agent, path in the data) and what 
     ├── NoAgentsError              no ready agent can take the work
     ├── BoundaryError              a value that cannot cross the wire (names its path)
     ├── SpecError                  a bad dispatch spec or option (names the field)
+    ├── SettingsError              a KILN_* environment variable kiln cannot use (names it)
     ├── ModelError                 a bad Bayesian model, found on the driver before dispatch
     │   ├── UnknownReferenceError
     │   ├── CycleError
@@ -140,6 +141,14 @@ class SpecError(KilnError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         self.field = field
         super().__init__(f"{field}: {message}")
+
+
+class SettingsError(KilnError, ValueError):
+    """A ``KILN_*`` environment variable that kiln cannot use; names the variable."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        self.variable = variable
+        super().__init__(f"{variable}: {message} (`kiln doctor` lists every KILN_* variable)")
 
 
 class ModelError(KilnError, ValueError):

@@ -45,6 +45,17 @@ def checks_table(nodes: list[Any]) -> Table:
     return table
 
 
+def settings_table(rows: list[tuple[str, str, str, str]]) -> Table:
+    """The KILN_* variables (kiln._settings.rows()): set here or not, default, what each does."""
+    table = Table(title="kiln doctor: settings (KILN_* variables of this process)")
+    for col in ("variable", "value here", "default", "what it does"):
+        table.add_column(col, overflow="fold")
+    for name, value, default, what in rows:
+        table.add_row(escape(name), escape(value) if value else "[dim]unset[/]", escape(default),
+                      escape(what))
+    return table
+
+
 def _mark(ok: str | None) -> str:
     return {"yes": "[green]ok[/]", "no": "[red]FAILED[/]"}.get(ok or "", "[dim]not run[/]")
 

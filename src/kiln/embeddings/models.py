@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kiln._settings import settings
 from kiln.errors import ModelNotAvailableError
 
 ALIASES = {
@@ -50,9 +51,9 @@ def resolve(name: str) -> ModelSpec:
     """The directory for model ``name``; ``ModelNotAvailableError`` when it is not on this machine."""
     if not isinstance(name, str) or not name.strip():
         raise ModelNotAvailableError(f"model: expected a model name or a directory, got {name!r}")
-    override = os.environ.get(f"KILN_EMBED_MODEL_{name.upper()}") if name in ALIASES else None
+    override = getattr(settings(), f"embed_model_{name}") if name in ALIASES else None
     if override:
-        return ModelSpec(name, ALIASES[name], _check_dir(override, name))
+        return ModelSpec(name, ALIASES[name], _check_dir(str(override), name))
     if name == "default":
         return ModelSpec(name, ALIASES[name], _packaged_default())
     if name in ALIASES:

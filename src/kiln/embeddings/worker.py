@@ -2,10 +2,8 @@
 
 The agent runs ``encode(state, payload, ctx)`` in its thread pool (see docs/internals.md);
 ``State`` lives as long as the agent, so a model is loaded once and its cache stays warm.
-Settings come from the agent's environment (``kiln.connect(agent_env=...)``):
-``KILN_EMBED_CACHE_ENTRIES``, ``KILN_EMBED_CACHE_BYTES``, ``KILN_EMBED_TOKEN_BUDGET``,
-``KILN_EMBED_MAX_WAIT_MS``, ``KILN_EMBED_DTYPE`` (auto | float32 | float16 | bfloat16),
-``KILN_EMBED_THREADS`` (torch threads of a CPU agent; default: every core).
+Its settings are the ``KILN_EMBED_*`` variables of the agent's environment
+(``kiln.connect(agent_env=...)``), read when the agent starts; ``kiln._settings`` documents them.
 """
 
 from __future__ import annotations
@@ -16,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from kiln._settings import settings
 from kiln.embeddings.batcher import Batcher
 from kiln.embeddings.cache import EmbeddingCache
 from kiln.embeddings.encoder import Encoder
@@ -29,11 +28,6 @@ def _never() -> bool:
     return False
 
 
-def _env_int(key: str, default: int) -> int:
-    value = os.environ.get(key)
-    return int(value) if value else default
-
-
 class State:
     """Per-agent embedding state: encoders by model directory, one cache, one batcher."""
 
@@ -41,17 +35,17 @@ class State:
         self.ctx = ctx
         self.device = getattr(ctx, "device", "cpu")
         gpu = self.device.startswith("cuda")
-        self.dtype = os.environ.get("KILN_EMBED_DTYPE", "auto")
-        self.cache = EmbeddingCache(
-            max_entries=_env_int("KILN_EMBED_CACHE_ENTRIES", 100_000),
-            max_bytes=_env_int("KILN_EMBED_CACHE_BYTES", 256 * 2**20))
+        env = settings()
+        self.dtype = env.embed_dtype
+        self.cache = EmbeddingCache(max_entries=env.embed_cache_entries,
+                                    max_bytes=env.embed_cache_bytes)
         # A GPU pass over 64k padded tokens of MiniLM takes a few ms and little memory; on a
         # CPU a smaller pass keeps one request's latency from growing with the others' load.
         self.batcher = Batcher(
-            token_budget=_env_int("KILN_EMBED_TOKEN_BUDGET", 65_536 if gpu else 8_192),
-            max_wait_s=_env_int("KILN_EMBED_MAX_WAIT_MS", 0) / 1000)
+            token_budget=env.embed_token_budget or (65_536 if gpu else 8_192),
+            max_wait_s=env.embed_max_wait_ms / 1000)
         if not gpu:
-            _use_the_cores()
+            _use_the_cores(env.embed_threads)
         self.encoders: dict[str, Encoder] = {}
         self._names: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -70,13 +64,13 @@ class State:
             return self.encoders[spec.path]
 
 
-def _use_the_cores() -> None:
+def _use_the_cores(threads: int | None) -> None:
     """Let torch use the node's cores: Ray starts actors with OMP_NUM_THREADS=1, which left a
     CPU agent at half the throughput of sentence-transformers run by hand on a 2-core machine."""
     import torch
 
-    threads = _env_int("KILN_EMBED_THREADS", len(os.sched_getaffinity(0)) if hasattr(
-        os, "sched_getaffinity") else (os.cpu_count() or 1))
+    threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                          else (os.cpu_count() or 1))
     if torch.get_num_threads() < threads:
         torch.set_num_threads(threads)
 
