@@ -86,3 +86,32 @@ def test_a_request_past_its_deadline_is_cancelled_on_the_agent_not_retried(embed
         assert agent_info(slow)["info"]["batcher"]["dropped"] == dropped + 1
         again = slow.post("/infer", json={"texts": ["cancel me"]}).json()
         assert again["cached"] == 0 and again["fallback"] is False
+
+
+@pytest.mark.slow
+def test_a_restarted_agent_makes_its_capabilities_states_again_before_any_job(embedded):
+    import kiln
+
+    agent = embedded.agents()[0]
+    kiln.embed(["load the encoder"])
+    before = agent.info(timeout=60)
+    assert "embed" in before["capabilities"]
+    os.kill(before["pid"], signal.SIGKILL)
+
+    def restarted() -> dict | None:
+        try:
+            info = agent.info(timeout=5)
+        except Exception:  # restarting: Ray refuses calls until its __init__ returns
+            return None
+        return info if info["pid"] != before["pid"] else None
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        info = restarted()
+        if info is not None and "rewarm_s" in info["startup"]:
+            break
+        time.sleep(0.2)
+    # no job was sent to the new process: it made the embed state (its imports) by itself
+    assert info is not None and info["capabilities"] == ["embed"], info
+    assert info["startup"]["rewarm_s"] > 0
+    assert agent.info()["jobs"]["run"] == 0

@@ -20,13 +20,18 @@ a thread that still does not stop is counted as stuck, and an agent with half it
 stuck exits so that Ray restarts it clean (``max_restarts``), rather than stay wedged.
 
 When an agent dies from a fatal signal (``os.abort()``, a segfault) its restart can say so
-(``kiln._deaths``), and the driver's error names the signal.
+(``kiln._deaths``), and the driver's error names the signal; it also re-imports in the
+background what its capabilities had loaded, so it serves again sooner.
+
+Long: the actor is one object (start-up checks, control methods, jobs, the watchdog, the
+restart's warm-up) whose parts share its locks and maps.
 """
 
 from __future__ import annotations
 
 import ctypes
 import importlib
+import logging
 import os
 import threading
 import time
@@ -53,6 +58,7 @@ CONCURRENCY_GROUPS = {"control": CONTROL_THREADS}
 HARD_CANCEL_AFTER_S = 1.0  # a cancelled job of user code gets CancelledError raised after this
 STUCK_AFTER_S = 30.0       # ... and counts as stuck if it still runs this long after its cancel
 _EARLY_CANCELS = 4096      # cancels that arrived before their job: remembered, bounded
+_IMPORTED_AT = time.time()  # with the process's start: where a (re)start's seconds went
 
 
 def _memory_limit() -> int:
@@ -128,6 +134,7 @@ class Agent:
 
     def __init__(self, node: str | None, device: str, driver_fingerprint: dict[str, Any],
                  env: dict[str, str] | None = None, creator: str = "") -> None:
+        init_at = time.time()
         for key, value in {**_AGENT_ENV, **(env or {})}.items():
             if env and key in env:
                 os.environ[key] = value
@@ -153,11 +160,20 @@ class Agent:
         self.jobs_run = 0
         self.jobs_cancelled = 0
         self.last_cancel_s: float | None = None  # from a cancel to its job's end, the last time
-        self.previous_death = _deaths.record_deaths(
-            self.name, ray.get_runtime_context().get_actor_id() or "")
+        self.actor_id = ray.get_runtime_context().get_actor_id() or ""
+        self.previous_death = _deaths.record_deaths(self.name, self.actor_id)
         self.memory_limit = _memory_limit()
         self.memory_stops = 0
+        self.startup: dict[str, float] = {}
+        self._baseline = set(_deaths.top_modules())
+        self._noted: set[str] = set()
+        # Started before the checks: the imports are most of a restart's time, and an agent
+        # that the checks refuse is stopped by its driver anyway.
+        self.rewarm = _deaths.previously_loaded(self.name, self.actor_id)
+        if self.rewarm:
+            threading.Thread(target=self._rewarm, name="kiln-agent-rewarm", daemon=True).start()
         self._preflight(driver_fingerprint)
+        self.startup.update(_startup_times(init_at, self.checks))
         threading.Thread(target=self._watch, name="kiln-agent-watchdog", daemon=True).start()
 
     # -- start-up checks -------------------------------------------------------------------
@@ -169,13 +185,45 @@ class Agent:
             ("device", self._check_device),
         )
         for check, step in steps:
+            began = time.perf_counter()
             try:
                 step()
             except PreflightError as err:
                 self.refusal = err
-                self.checks.append({"check": check, "ok": "no", "detail": str(err)})
+                self.checks.append({"check": check, "ok": "no", "detail": str(err),
+                                    "seconds": round(time.perf_counter() - began, 3)})
                 return  # fail fast: later checks mean nothing once one boundary is broken
-            self.checks.append({"check": check, "ok": "yes", "detail": ""})
+            self.checks.append({"check": check, "ok": "yes", "detail": "",
+                                "seconds": round(time.perf_counter() - began, 3)})
+
+    def _rewarm(self) -> None:
+        """A restarted agent imports what its capabilities had imported and makes their states
+        now, in the background, rather than on the first job after the restart (module
+        docstring of ``kiln._deaths``)."""
+        began = time.perf_counter()
+        for capability, modules in self.rewarm.items():
+            for module in modules:
+                try:
+                    importlib.import_module(module)
+                except BaseException as err:  # noqa: BLE001 - a warm-up: the job will say why
+                    logging.getLogger("kiln").debug("rewarm import %s: %s", module, err)
+            path = CAPABILITIES.get(capability)
+            if path is None:
+                continue
+            try:
+                self._state_for(capability, importlib.import_module(path))
+            except BaseException as err:  # noqa: BLE001 - the first job makes it and says why
+                logging.getLogger("kiln").debug("rewarm state %s: %s", capability, err)
+        self.startup["rewarm_s"] = round(time.perf_counter() - began, 3)
+
+    def _note_loaded(self, capability: str) -> None:
+        """After a capability's first job here: remember what it imported, for a restart."""
+        self._noted.add(capability)
+        if _hard(capability):
+            return  # user code: its imports are the user's, not re-run behind their back
+        new = [m for m in _deaths.top_modules() if m not in self._baseline]
+        new += [m for m in self.rewarm.get(capability, []) if m not in new]
+        _deaths.note_loaded(self.name, self.actor_id, capability, new)
 
     def _own_node_name(self) -> str | None:
         """The kiln name that Ray says this actor's node carries, or None when unnamed."""
@@ -264,6 +312,8 @@ class Agent:
             result = fn(self._state_for(capability, module), payload, ctx)
             if cancel.is_set():
                 raise CancelledError(f"job {job_id} was cancelled on {self.name}")
+            if capability not in self._noted:
+                self._note_loaded(capability)
             return to_wire(result, root="result")
         except SystemExit as exc:
             # Shipped code that calls sys.exit() must not take the agent (and everyone's work
@@ -374,10 +424,27 @@ class Agent:
             "memory": {"rss_bytes": _rss(), "limit_bytes": self.memory_limit,
                        "jobs_stopped": self.memory_stops},
             "capabilities": sorted(self._states),
+            "startup": dict(self.startup),
         }
         if self.refusal is None:
             out.update(_device_memory(self.device))
         return out
+
+
+def _startup_times(init_at: float, checks: list[dict[str, Any]]) -> dict[str, float]:
+    """Where this process's start went, in seconds: Ray starting the worker and importing
+    kiln (``process``), then ``__init__`` (``checks``, one entry each)."""
+    try:
+        import psutil
+
+        created = psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 - timings are for display
+        created = _IMPORTED_AT
+    out = {"process_started": round(created, 3), "imports_s": round(init_at - created, 3),
+           "init_s": round(time.time() - init_at, 3)}
+    for c in checks:
+        out[f"{c['check']}_s"] = c.get("seconds", 0.0)
+    return out
 
 
 def _device_memory(device: str) -> dict[str, Any]:
