@@ -150,7 +150,8 @@ def test_completion_outside_kiln_calls_is_left_to_ipython(ip):
     assert "plain_dict" in _complete(ip, "plain_d")
 
 
-def test_completion_asks_the_node_once_while_its_answer_is_fresh_even_a_failed_one():
+def test_completion_asks_the_node_once_while_its_answer_is_fresh_even_a_failed_one(caplog):
+    caplog.set_level("DEBUG", logger="kiln")
     kiln_ipython.clear_cache()
     asked = []
 
@@ -162,6 +163,7 @@ def test_completion_asks_the_node_once_while_its_answer_is_fresh_even_a_failed_o
     assert kiln_ipython._cached(key, unreachable) == []
     assert kiln_ipython._cached(key, unreachable) == []
     assert len(asked) == 1
+    assert "no cluster" in caplog.text  # offered nothing, but said why in the log
     kiln_ipython.clear_cache()
     kiln_ipython._cached(key, unreachable)
     assert len(asked) == 2

@@ -33,3 +33,23 @@ def test_the_agent_keeps_at_most_its_bound_of_functions_and_asks_again_for_an_ev
     out = worker.run(state, {"code": codes[0].digest, "calls": []}, CTX)
     assert out == {"missing": codes[0].digest}
     assert worker.info(state)["code_cache"]["evictions"] == 1
+
+
+class NeedsTwo(Exception):
+    def __init__(self, a, b):  # pickles, but does not rebuild from its args
+        super().__init__(f"{a}/{b}")
+
+
+def test_an_exception_that_does_not_rebuild_goes_back_as_its_type_and_text_and_is_logged(caplog):
+    def fails(x):
+        raise NeedsTwo(x, 2)
+
+    state = worker.State(CTX)
+    code = pickling.pack_code(fails)
+    with caplog.at_level("DEBUG", logger="kiln"):
+        out = worker.run(state, {"code": code.digest, "blob": code.data,
+                                 "calls": [pickling.pack_call((1,), {})]}, CTX)
+    error = out["error"]
+    assert error["pickled"] is None and error["message"] == "1/2"
+    assert error["type"].endswith("NeedsTwo")
+    assert "NeedsTwo does not survive pickling" in caplog.text

@@ -95,7 +95,8 @@ def _device_array_to_host(obj: Any, path: str) -> np.ndarray | None:
         if isinstance(obj, jax.Array):
             try:
                 return np.asarray(jax.device_get(obj))
-            except Exception as err:  # a deleted or donated buffer, a tracer
+            except Exception as err:  # noqa: BLE001 - a deleted or donated buffer, a tracer:
+                # jax raises several types; BoundaryError carries the text
                 raise BoundaryError(path, f"jax array could not be copied to the host: {err}") from err
     if "torch" in sys.modules and module.startswith("torch"):
         import torch
@@ -103,7 +104,7 @@ def _device_array_to_host(obj: Any, path: str) -> np.ndarray | None:
         if isinstance(obj, torch.Tensor):
             try:
                 return obj.detach().cpu().numpy()
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - as for jax, with torch's several types
                 raise BoundaryError(path, f"torch tensor could not be copied to the host: {err}") from err
         if isinstance(obj, (torch.cuda.Stream, torch.cuda.Event)):
             raise BoundaryError(path, "a CUDA stream or event is local to this process's GPU context")

@@ -71,12 +71,12 @@ def _connect(address: str | None) -> Any:
 
     if address:
         _check_attach(address)
+    from ray.exceptions import AuthenticationError
+
     try:
         return kiln.connect(address)
-    except Exception as err:
-        if type(err).__name__ == "AuthenticationError":  # Ray's, raised before any connection
-            _fail(f"the Ray cluster at {address} refused this driver's token: {_AUTH_HELP}.")
-        raise
+    except AuthenticationError:  # Ray's, raised before any connection
+        _fail(f"the Ray cluster at {address} refused this driver's token: {_AUTH_HELP}.")
 
 
 def _check_attach(address: str) -> None:
@@ -118,8 +118,9 @@ def _check_attach(address: str) -> None:
                               if info.state == 0}  # ALIVE
         except AuthenticationError as err:
             found["refused"] = err
-        except Exception:  # not Ray, or not answering: kiln.connect says what is wrong
-            pass
+        except Exception as err:  # noqa: BLE001 - whatever the probe meets, kiln.connect then
+            # tries for real and says what is wrong; the probe's own error is only a hint
+            logging.getLogger("kiln").debug("probe of %s: %r", address, err)
 
     with _stderr_to_null():  # Ray's C++ client logs each refusal on fd 2
         t = threading.Thread(target=probe, daemon=True)
@@ -422,9 +423,11 @@ def down(all_ray: Annotated[bool, typer.Option(
 
 
 def _cmdline(proc: Any) -> list[str]:
+    import psutil
+
     try:
         return [a for a in proc.cmdline() if a]  # a renamed process pads its title with ''
-    except Exception:
+    except psutil.Error:  # gone, a zombie, or another user's: not one of ours to stop
         return []
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -19,6 +20,8 @@ from kiln import _jobs
 from kiln import cluster as _cluster
 from kiln.code.pickling import CodeBlob, ledger, pack_call, pack_code, pack_item, unpack
 from kiln.errors import AgentLostError, BoundaryError, NoAgentsError, RemoteError
+
+log = logging.getLogger("kiln")
 
 Nodes = str | Sequence[str] | None
 
@@ -265,7 +268,8 @@ def _install(c: Any, handles: list[Any], blob: CodeBlob) -> None:
         except AgentLostError:
             c.mark_lost(h)
             ledger.forget(h)
-        except BaseException:  # CodeError: the node cannot load it
+        except BaseException:  # noqa: BLE001 - CodeError (the node cannot load it), or this
+            # process interrupted: either way the ledger must not say the node has it; re-raised
             ledger.forget(h, blob.digest)
             raise
 
@@ -273,7 +277,8 @@ def _install(c: Any, handles: list[Any], blob: CodeBlob) -> None:
 def _unpack_result(packed: dict, h: Any) -> Any:
     try:
         return unpack(packed)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - unpickling runs the result's own code: any error
+        # becomes BoundaryError, with its text
         raise BoundaryError("result", f"came from node {h.node} but cannot be rebuilt here "
                             f"({type(err).__name__}: {err}); return plain data, or install "
                             "that code on the driver too") from err
@@ -287,7 +292,9 @@ def raise_remote(error: dict, h: Any, index: int | None) -> None:
     if error.get("pickled"):
         try:
             exc = unpack({"pickled": error["pickled"]})
-        except Exception:
+        except Exception as why:  # noqa: BLE001 - the exception's class may not rebuild here;
+            # RemoteError below carries its type, message and traceback instead
+            log.debug("%s from %s does not unpickle here: %r", error["type"], where, why)
             exc = None
     if not isinstance(exc, BaseException):
         exc = RemoteError(h.node, error["type"], error["message"], error["traceback"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import inspect as _inspect
+import logging
 import os
 import pkgutil
 import socket
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiln import display
+
+log = logging.getLogger("kiln")
 
 # --- node side -----------------------------------------------------------------------------------
 
@@ -89,7 +92,9 @@ def describe(dotted: str, private: bool = False) -> dict:
                 continue
             try:
                 value = getattr(obj, name)
-            except Exception:  # lazy attributes, submodules not imported: still a name
+            except Exception as err:  # noqa: BLE001 - a lazy attribute or a submodule not
+                # imported can raise anything on access: still a name, listed without its value
+                log.debug("%s.%s: %r", getattr(obj, "__name__", obj), name, err)
                 members.append({"name": name, "kind": "module" if kind == "module" else "data",
                                 "signature": None, "type": None, "doc": ""})
                 continue
@@ -139,7 +144,8 @@ def _devices() -> list[dict]:
         for d in jax.devices():
             devices.append({"framework": "jax", "id": d.id, "platform": d.platform,
                             "kind": getattr(d, "device_kind", "")})
-    except Exception as err:  # a node without a working jax still answers
+    except Exception as err:  # noqa: BLE001 - a node without a working jax still answers,
+        # and says why in the report
         devices.append({"framework": "jax", "error": str(err)})
     if "torch" in sys.modules:  # torch is imported only where a capability needs it
         torch = sys.modules["torch"]

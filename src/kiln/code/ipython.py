@@ -13,12 +13,15 @@ A completion that fails (no cluster, node gone) offers nothing rather than an er
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
 
 from kiln._caching import Cache
 from kiln.code.introspect import RemoteModule
+
+log = logging.getLogger("kiln")
 
 _CACHE_S = 5.0
 
@@ -40,7 +43,9 @@ def _cached(key: tuple[str, ...], compute: Callable[[], list[str]]) -> list[str]
         return found
     try:
         value = compute()
-    except Exception:  # completion must never raise into the editor
+    except Exception as err:  # noqa: BLE001 - completion must never raise into the editor;
+        # no cluster or a node gone offers nothing (and is not asked again for a few seconds)
+        log.debug("completion %s: %r", key, err)
         value = []
     _cache.put(key, value)
     return value
@@ -142,7 +147,8 @@ def _remote_module_at(expr: str, namespace: dict[str, Any]) -> RemoteModule | No
             if member is None or member["kind"] != "module":
                 return None
             obj = getattr(obj, attr)
-        except Exception:
+        except Exception as err:  # noqa: BLE001 - as in _cached: offer nothing, never raise
+            log.debug("completion of %s: %r", attr, err)
             return None
     return obj if isinstance(obj, RemoteModule) else None
 

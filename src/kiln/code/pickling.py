@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import logging
 import os
 import pickle
 import sys
@@ -35,6 +36,8 @@ import numpy as np
 
 from kiln import boundary
 from kiln.errors import BoundaryError
+
+log = logging.getLogger("kiln")
 
 # kiln itself is installed on every node and checked by the fingerprint: always by reference.
 _ALWAYS_BY_REFERENCE = frozenset({"kiln", "__main__", "__mp_main__", "builtins"})
@@ -87,7 +90,10 @@ def _distribution_top_levels() -> set[str]:
     if _DISTRIBUTIONS is None:
         try:
             _DISTRIBUTIONS = set(importlib.metadata.packages_distributions())
-        except Exception:  # broken metadata must not stop code shipping
+        except Exception as err:  # noqa: BLE001 - broken metadata of any one distribution must
+            # not stop code shipping: modules are then judged by their path alone
+            log.warning("cannot read the installed distributions (%r): a module is shipped by "
+                        "value unless its file is in site-packages or the standard library", err)
             _DISTRIBUTIONS = set()
     return _DISTRIBUTIONS
 
@@ -149,7 +155,8 @@ def pack_code(fn: Any) -> CodeBlob:
     name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
     try:
         data = cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - pickling runs objects' own __reduce__: any error
+        # becomes BoundaryError naming what cannot be pickled
         raise BoundaryError(f"fn ({name})", f"cannot be pickled: {_why(fn, 'fn', err)}") from err
     return CodeBlob(hashlib.sha256(data).hexdigest(), data, name)
 
@@ -194,7 +201,7 @@ def pack(value: Any, root: str) -> dict:
         return {"plain": value}
     try:
         return {"pickled": cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)}
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - as in pack_code: BoundaryError, naming the path
         path, reason = _locate_unpicklable(value, root)
         raise BoundaryError(path, reason) from err
 
@@ -238,11 +245,11 @@ def _locate_unpicklable(value: Any, path: str) -> tuple[str, str]:
     for child_path, child in children:
         try:
             cloudpickle.dumps(child)
-        except Exception:
+        except Exception:  # noqa: BLE001 - looking for the failing part: the recursion reports it
             return _locate_unpicklable(child, child_path)
     try:
         cloudpickle.dumps(value)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - reported in the reason returned
         return path, f"{type(value).__module__}.{type(value).__qualname__} cannot be pickled ({err})"
     return path, "cannot be pickled"
 
@@ -257,7 +264,7 @@ def _why(fn: Any, path: str, err: Exception) -> str:
         for name, value in names.items():
             try:
                 cloudpickle.dumps(value)
-            except Exception:
+            except Exception:  # noqa: BLE001 - looking for the failing name: reported below
                 where, reason = _locate_unpicklable(value, name)
                 return f"it refers to {where}: {reason}"
     return str(err)

@@ -18,6 +18,7 @@ shipped the code, so the driver rebuilds the *same* class (a notebook-defined ex
 
 from __future__ import annotations
 
+import logging
 import pickle
 import threading
 import traceback
@@ -29,6 +30,8 @@ import cloudpickle
 from kiln import errors
 from kiln._caching import Cache
 from kiln.code import context, introspect, pickling
+
+log = logging.getLogger("kiln")
 
 OPS = ("install", "have", "run", "inspect", "modules")  # the jobs an agent may run
 # Shipped code checks no cancel flag: the agent raises CancelledError in its thread instead.
@@ -63,7 +66,8 @@ def install(state: State, payload: dict, ctx: Any) -> dict:
     for digest, data in payload["blobs"].items():
         try:
             state.put(digest, data)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - unpickling runs the code's own imports: any
+            # error says the node cannot load it, and goes back as CodeError with its text
             name = payload.get("name", f"code {digest[:12]}")
             raise errors.CodeError(ctx.node, name, f"{type(err).__name__}: {err}") from err
     return {"installed": list(payload["blobs"])}
@@ -81,7 +85,7 @@ def run(state: State, payload: dict, ctx: Any) -> dict:
             return {"missing": digest}
         try:
             fn = state.put(digest, payload["blob"])
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - as in install: back as CodeError, with its text
             name = payload.get("name", "the shipped function")
             reason = f"{type(err).__name__}: {err}"
             return {"error": _pack_error(errors.CodeError(ctx.node, name, reason)), "index": None,
@@ -105,7 +109,8 @@ def run(state: State, payload: dict, ctx: Any) -> dict:
             with state.lock:
                 state.errors += 1
             return {"error": _pack_error(err), "index": i, "results": results}
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - the user's function raised: its exception
+            # goes back to the caller as data and is raised there
             with state.lock:
                 state.errors += 1
             return {"error": _pack_error(err), "index": i, "results": results}
@@ -141,7 +146,9 @@ def _pack_error(err: BaseException) -> dict:
     try:
         pickled = cloudpickle.dumps(err, protocol=pickle.HIGHEST_PROTOCOL)
         pickle.loads(pickled)  # an exception whose __init__ needs other arguments won't rebuild
-    except Exception:
+    except Exception as why:  # noqa: BLE001 - a user's exception may fail to pickle any way;
+        # the driver then raises RemoteError with its type, message and traceback instead
+        log.debug("%s does not survive pickling: %r", cls.__qualname__, why)
         pickled = None
     return {
         "type": f"{cls.__module__}.{cls.__qualname__}",

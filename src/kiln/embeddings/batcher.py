@@ -150,7 +150,7 @@ class Batcher:
                 vectors = encoder.encode_tokens(Tokens.concat(tokens))
             else:
                 vectors = encoder.encode(texts, batch_size=max(1, self.token_budget // max(longest, 1)))
-        except BaseException as err:
+        except BaseException as err:  # noqa: BLE001 - not hidden: each text's caller gets it
             for item in batch:
                 item.error = err
                 item.done.set()

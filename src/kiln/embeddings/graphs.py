@@ -66,7 +66,8 @@ class CudaGraphs:
         if shape not in self._graphs:
             try:
                 self._graphs[shape] = self._capture(shape)
-            except Exception as err:  # a model whose forward cannot be captured runs eagerly
+            except Exception as err:  # noqa: BLE001 - a model whose forward cannot be captured
+                # runs eagerly; the reason is kept and reported (cuda_graph_error)
                 self.error = f"{type(err).__name__}: {err}"
                 return None
         graph, static, out = self._graphs[shape]

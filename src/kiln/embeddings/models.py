@@ -156,7 +156,8 @@ def load(spec: ModelSpec, device: str = "cpu", dtype: str = "auto") -> Any:
         hf_logging.disable_progress_bar()
         try:
             model = SentenceTransformer(spec.path, device=device, local_files_only=True)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - loading runs the model's own code (config,
+            # remote code, torch): any error becomes ModelNotAvailableError with its text
             raise ModelNotAvailableError(
                 f"model {spec.name!r} could not be loaded from {spec.path} on {device}: "
                 f"{type(err).__name__}: {err}") from err

@@ -149,13 +149,9 @@ def info(state: State) -> dict[str, Any]:
 
 
 def _memory(device: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    try:
-        import psutil
+    import psutil
 
-        out["process_rss_bytes"] = psutil.Process().memory_info().rss
-    except Exception:  # psutil comes with Ray; without it, report the device only
-        pass
+    out: dict[str, Any] = {"process_rss_bytes": psutil.Process().memory_info().rss}
     if device.startswith("cuda"):
         try:
             import torch
@@ -164,6 +160,7 @@ def _memory(device: str) -> dict[str, Any]:
             out["gpu_allocated_bytes"] = torch.cuda.memory_allocated(index)
             out["gpu_reserved_bytes"] = torch.cuda.memory_reserved(index)
             out["gpu_total_bytes"] = torch.cuda.get_device_properties(index).total_memory
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - a GPU in a bad state must not stop the
+            # agent's report: it says what went wrong instead of the figures
             out["gpu_error"] = f"{type(err).__name__}: {err}"
     return out

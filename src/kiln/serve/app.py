@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kiln import __version__
+from kiln.errors import NotConnectedError
 from kiln.serve.attach import ClusterLink
 from kiln.serve.gateway import Gateway, Limits
 from kiln.serve.metrics import Metrics
@@ -66,7 +67,7 @@ def create_app(cluster: Any = _CURRENT, *, strategy: str = "round_robin",
 
         try:
             cluster = _cluster.current()
-        except Exception:
+        except NotConnectedError:  # the gateway starts without a cluster and attaches later
             cluster = None
     limits = limits or Limits()
     key = read_key(api_key, api_key_file)

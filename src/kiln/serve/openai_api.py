@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import threading
 from typing import Any
 
@@ -26,6 +27,8 @@ from kiln.serve.schemas import (
     ModelObject,
     Strategy,
 )
+
+log = logging.getLogger("kiln.serve")
 
 router = APIRouter(dependencies=KEYED)
 _SEND_TEXT = ("send text instead (LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False); "
@@ -80,7 +83,9 @@ async def _texts(request: Request, given: Any, model: str) -> list[str]:
         raise ApiError(422, "model_not_available", f"model: unknown model {model!r}", "model")
     try:
         tokenizer = await asyncio.to_thread(_tokenizer, model)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - loading a tokenizer can fail many ways; the
+        # client gets the type only (no server details in a response), the log the whole error
+        log.warning("tokenizer of model %r: %r", model, err)
         raise ApiError(422, "token_ids_not_supported", f"input: token ids for model {model!r} "
                        f"cannot be decoded on this gateway ({type(err).__name__}); "
                        + _SEND_TEXT, "input") from None
