@@ -150,3 +150,22 @@ def test_eight_samplers_and_a_gateway_at_once_each_get_their_own_result(embedded
         np.testing.assert_array_equal(together[k], alone[k])
     assert len({round(float(alone[k].mean())) for k in range(8)}) == 8
     assert codes and set(codes) == {200}
+
+
+def test_a_cluster_whose_agents_all_refused_fails_at_once_naming_why(no_cluster):
+    import json
+
+    from kiln.errors import NoAgentsError
+
+    refused = {"KILN_FINGERPRINT_OVERRIDE": json.dumps({"jax": "0.0.0"})}
+    cluster = kiln.connect(name="local", agent_env=refused)
+    try:
+        started = time.monotonic()
+        with pytest.raises(NoAgentsError, match=r"differs from the driver's on jax"):
+            cluster.agents()
+        with pytest.raises(NoAgentsError, match=r"kiln-agent:local:cpu: refused"):
+            kiln.map(abs, [-1, -2])
+        # at once: looking again cannot make a refused agent start (it used to wait up to 60 s)
+        assert time.monotonic() - started < 10
+    finally:
+        kiln.shutdown()

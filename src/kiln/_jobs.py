@@ -21,9 +21,15 @@ Rules, the same everywhere:
   jobs it was running are suspects and re-run *alone* on an agent; a suspect that kills its
   agent again while alone is poison: ``PoisonJobError`` names the job, the nodes and how the
   agents died, and the innocent jobs that shared the first agent finish normally.
+- **A refusal**: an agent that restarted with other software refuses every job with its
+  start-up check's error; it is marked refused (and stopped) and the job goes elsewhere,
+  or the run fails at once with ``NoAgentsError`` naming every refusal.
 - **A stop** (KeyboardInterrupt in a notebook) or any error cancels every attempt in flight.
 - Results come back in job order; a superseded attempt's late answer is dropped, so nothing is
   returned twice.
+
+Long: these rules are one request's decisions (placement, loss, poison, refusals, deadlines,
+the head) and read best together.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from kiln.errors import (
     KilnError,
     NoAgentsError,
     PoisonJobError,
+    PreflightError,
 )
 
 PROGRESS_EVERY_S = 0.5  # how often running jobs are asked for progress, when it is shown
@@ -139,7 +146,8 @@ class _Run:
         found = list(self.cluster.agents(self.policy.on))
         if not found:
             raise NoAgentsError(f"{self.policy.what}: no ready agent on "
-                                f"{self.policy.on or 'the cluster'} (kiln doctor says why)")
+                                f"{self.policy.on or 'the cluster'}"
+                                + self.cluster.why_not_ready(self.policy.on))
         return found
 
     def _candidates(self, i: int) -> list[Any]:
@@ -223,6 +231,12 @@ class _Run:
         except AgentLostError as err:
             self._lost(i, h, err, attempt.alone)
             return
+        except PreflightError as err:  # restarted with other software: not an attempt
+            self.cluster.mark_refused(h, err)
+            self._drop(h)
+            self.state[i].attempts -= 1
+            self.queue.append(i)
+            return
         except CancelledError:
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 return  # our own deadline cancelled it: expire() reports it
@@ -246,10 +260,7 @@ class _Run:
 
     def _lost(self, i: int, h: Any, err: AgentLostError, alone: bool) -> None:
         self.cluster.mark_lost(h, str(err))
-        if self.policy.on_lost is not None:
-            self.policy.on_lost(h)
-        self.lost.add(id(h))
-        self.agents = [a for a in self.agents if a is not h]
+        self._drop(h)
         st = self.state[i]
         if getattr(err, "restarting", False):
             st.attempts -= 1  # it never ran there: not an attempt, not a kill
@@ -265,6 +276,13 @@ class _Run:
             # the caller gets the error: say how the agent died (its restart knows)
             raise err.with_death(h.death() if _node_alive(self.cluster, h) else "") from None
         self.queue.append(i)
+
+    def _drop(self, h: Any) -> None:
+        """This run sends nothing more to handle ``h`` (a restarted agent is a new handle)."""
+        if self.policy.on_lost is not None:
+            self.policy.on_lost(h)
+        self.lost.add(id(h))
+        self.agents = [a for a in self.agents if a is not h]
 
     def _retry(self, i: int, err: BaseException) -> None:
         if self.state[i].attempts > self.policy.retries:

@@ -217,11 +217,15 @@ class Cluster:
 
         When none of them is ready (an agent was lost, its node re-joined, an agent restarted
         after a crash), the cluster is looked at again once; then a named node with no ready
-        agent raises ``NoAgentsError`` with the reasons, and ``on=None`` returns ``[]``.
+        agent raises ``NoAgentsError`` with the reasons, and ``on=None`` returns ``[]``. When
+        every one of them refused to start, ``NoAgentsError`` names the refusals at once, even
+        for ``on=None``.
         """
         try:
             return self._ready(on)
         except NoAgentsError:
+            if self._all_refused(on):
+                raise  # at once, with their reasons: waiting would not make them start
             self.refresh(timeout=REACQUIRE_TIMEOUT_S)
         try:
             return self._ready(on)
@@ -236,7 +240,7 @@ class Cluster:
         ready = [a for a in records if a.state == "ready" and a.handle]
         if on is None or on == "all":
             if not ready:
-                raise NoAgentsError("no ready agent in the cluster; kiln doctor shows why")
+                raise NoAgentsError("no ready agent in the cluster" + self.why_not_ready())
             return [a.handle for a in ready]
         wanted = [on] if isinstance(on, str) else list(on)
         known = self.node_names()
@@ -245,11 +249,29 @@ class Cluster:
                 raise UnknownNodeError(name, known)
         chosen = [a.handle for a in ready if a.node in wanted]
         if not chosen:
-            reasons = "; ".join(f"{a.name}: {a.state} {a.reason}".strip()
-                                for a in records if a.node in wanted)
-            raise NoAgentsError(f"no ready agent on {', '.join(wanted)}"
-                                + (f" ({reasons})" if reasons else ""))
+            raise NoAgentsError(f"no ready agent on {', '.join(wanted)}" + self.why_not_ready(on))
         return chosen
+
+    def _all_refused(self, on: str | Iterable[str] | None) -> bool:
+        """Whether every agent of ``on`` refused to start: looking again cannot change that
+        (a refused agent is stopped, and only a restart with the right software helps)."""
+        records = self._records_on(on)
+        return bool(records) and all(a.state == "refused" for a in records)
+
+    def _records_on(self, on: str | Iterable[str] | None) -> list[AgentRecord]:
+        with self._lock:
+            records = list(self._agents.values())
+        if on is None or on == "all":
+            return records
+        wanted = [on] if isinstance(on, str) else list(on)
+        return [a for a in records if a.node in wanted]
+
+    def why_not_ready(self, on: str | Iterable[str] | None = None) -> str:
+        """`` (agent: state reason; ...)`` for the agents of ``on`` that are not ready, or a
+        pointer to ``kiln doctor`` when there are none to name."""
+        reasons = "; ".join(f"{a.name}: {a.state} {a.reason}".strip()
+                            for a in self._records_on(on) if a.state != "ready")
+        return f" ({reasons})" if reasons else "; kiln doctor shows why"
 
     def node_names(self) -> list[str]:
         with self._lock:
@@ -280,6 +302,18 @@ class Cluster:
             rec = self._agents.get(handle.name)
             if rec is not None and rec.handle is handle:
                 rec.state, rec.reason = "lost", reason
+
+    def mark_refused(self, handle: AgentHandle, err: BaseException) -> None:
+        """The agent refused a job with its start-up refusal (it restarted with other
+        software): it gets no more work, and is stopped like an agent refused at start."""
+        with self._lock:
+            rec = self._agents.get(handle.name)
+            if rec is None or rec.handle is not handle:
+                return
+            rec.state, rec.reason = "refused", str(err)
+            rec.check, rec.handle = getattr(err, "check", ""), None
+        _kill(handle.actor)
+        log.warning("kiln: %s refused work after a restart: %s", handle.name, err)
 
     def start_agent(self, node_id: str, device: str = "cpu", env: dict[str, str] | None = None,
                     replace: bool = False) -> AgentRecord:

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from kiln.embeddings import is_retryable
-from kiln.errors import AgentLostError, DeadlineExceededError, GatewayError
+from kiln.errors import AgentLostError, DeadlineExceededError, GatewayError, NoAgentsError
 from kiln.serve.attach import ClusterLink
 from kiln.serve.coalesce import Coalescer
 from kiln.serve.metrics import Metrics
@@ -200,7 +200,10 @@ class Gateway:
             return
         began = time.monotonic()
         cluster.refresh()
-        agents = cluster.agents()
+        try:
+            agents = cluster.agents()
+        except NoAgentsError:  # every agent refused to start: /cluster says why
+            agents = []
         depths = {}
         for h in agents:
             try:
