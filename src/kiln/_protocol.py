@@ -7,8 +7,8 @@ declares::
     HARD_CANCEL = False               # True: user code that never checks ctx (kiln.call)
     class State:                      # one per agent, made on the capability's first job
         def __init__(self, ctx: AgentContext) -> None: ...
-    def encode(state: State, payload: dict, ctx: JobContext) -> dict: ...   # one per op
-    def info(state: State) -> dict: ...                                     # optional
+    def encode(state: State, payload: Payload, ctx: Context) -> Reply: ...  # one per op (an Op)
+    def info(state: State) -> dict[str, Any]: ...                          # optional
 
 and is listed once in ``CAPABILITIES`` below. Adding a capability is its folder, one line here
 and its public function in ``kiln/__init__.py``.
@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 from kiln.errors import CancelledError
 
@@ -34,6 +35,36 @@ CAPABILITIES: dict[str, str] = {
     "embed": "kiln.embeddings.worker",
     "code": "kiln.code.worker",
 }
+
+
+# What crosses the seam: plain data by key (the payloads' keys are each op's, documented in
+# its worker module), with numpy arrays where a capability needs them.
+Payload: TypeAlias = dict[str, Any]
+Reply: TypeAlias = dict[str, Any]
+
+
+class Context(Protocol):
+    """What an op may use of the context it runs in: a ``JobContext`` on an agent, an
+    ``AgentContext`` when called in-process (the gateway's local fallback, tests)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def node(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def platform(self) -> str: ...
+
+    def inflight(self, capability: str) -> int: ...
+
+    def cancelled(self) -> bool: ...
+
+    def check_cancelled(self) -> None: ...
+
+
+# an op: the worker's function for one of its OPS, run on the agent's thread pool
+Op: TypeAlias = Callable[[Any, Payload, Context], Reply]
 
 
 class WorkerModule(Protocol):
@@ -123,4 +154,5 @@ class JobContext:
             self.agent._progress.pop(key, None)
 
 
-__all__ = ["CAPABILITIES", "AgentContext", "JobContext", "WorkerModule"]
+__all__ = ["CAPABILITIES", "AgentContext", "Context", "JobContext", "Op", "Payload", "Reply",
+           "WorkerModule"]

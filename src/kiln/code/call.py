@@ -14,7 +14,7 @@ import logging
 import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 from kiln import _jobs
 from kiln import cluster as _cluster
@@ -33,10 +33,12 @@ _PER_AGENT = 2
 _CHUNKS_PER_AGENT = 4
 
 _round_robin = itertools.count()
+R = TypeVar("R")  # what the user's function returns, and so what the call returns
+Handle = _cluster.AgentHandle
 
 
-def call(node: str | None, fn: Callable, /, *args: Any, timeout: float | None = None,
-         **kwargs: Any) -> Any:
+def call(node: str | None, fn: Callable[..., R], /, *args: Any, timeout: float | None = None,
+         **kwargs: Any) -> R:
     """Run ``fn(*args, **kwargs)`` on an agent of ``node`` and return its result.
 
     ``node`` is a node name (``"gpu1"``), a node and device (``"gpu1/cuda:1"``), or None for
@@ -52,8 +54,8 @@ def call(node: str | None, fn: Callable, /, *args: Any, timeout: float | None = 
     return _call(node, fn, args, kwargs, timeout=timeout)
 
 
-def _call(node: str | None, fn: Callable, args: tuple, kwargs: dict,
-          timeout: float | None) -> Any:
+def _call(node: str | None, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any],
+          timeout: float | None) -> R:
     blob = pack_code(fn)
     packed = pack_call(args, kwargs)  # BoundaryError here: nothing has been sent
     c = _cluster.current()
@@ -69,9 +71,9 @@ def _call(node: str | None, fn: Callable, args: tuple, kwargs: dict,
     return _unpack_result(response["results"][0], h)
 
 
-def map(fn: Callable, items: Iterable[Any], nodes: Nodes = "all", ordered: bool = True, *,
+def map(fn: Callable[..., R], items: Iterable[Any], nodes: Nodes = "all", ordered: bool = True, *,
         chunksize: int | None = None, star: bool | None = None,
-        progress: bool = False, timeout: float | None = None) -> list[Any]:
+        progress: bool = False, timeout: float | None = None) -> list[R]:
     """Run ``fn`` over ``items`` spread across the ready agents of ``nodes``; return the results.
 
     Each item is one call: a tuple item is spread as positional arguments (``fn(*item)``),
@@ -101,7 +103,7 @@ def map(fn: Callable, items: Iterable[Any], nodes: Nodes = "all", ordered: bool 
     bar = _Progress(blob.name, len(items)) if progress else None
     order: list[int] = []
 
-    def done(k: int, h: Any, value: Any) -> None:
+    def done(k: int, h: Handle, value: Any) -> None:
         order.append(k)
         if bar is not None:
             bar.advance(h.node, len(chunks[k]))
@@ -126,14 +128,15 @@ def _label(chunk: range) -> str:
     return f"item {chunk[0]}" if len(chunk) == 1 else f"items {chunk[0]}-{chunk[-1]}"
 
 
-def _chunk_payload(blob: CodeBlob, calls: list[dict]) -> Callable[[Any], dict]:
+def _chunk_payload(blob: CodeBlob, calls: list[dict]) -> Callable[[Handle], dict]:
     return lambda h: _payload(h, blob, calls)
 
 
-def _accept(blob: CodeBlob, chunks: list[range] | None) -> Callable[[int, Any, dict], Any]:
+def _accept(blob: CodeBlob, chunks: list[range] | None
+            ) -> Callable[[int, Handle, dict[str, Any]], Any]:
     """The runner's view of a ``code.run`` answer: ship again, raise the remote error, or
     keep (response, agent)."""
-    def accept(k: int, h: Any, response: dict) -> Any:
+    def accept(k: int, h: Handle, response: dict[str, Any]) -> Any:
         if "missing" in response:  # the agent restarted since we shipped: ship again, same agent
             ledger.forget(h, blob.digest)
             return _jobs.RETRY_HERE
@@ -169,38 +172,49 @@ class _Progress:
             sys.stderr.flush()
 
 
-def remote(fn: Callable | None = None, *, node: str | None = None,
-           timeout: float | None = None) -> Any:
+@overload
+def remote(fn: Callable[..., R], *, node: str | None = None,
+           timeout: float | None = None) -> RemoteFunction[R]: ...
+
+
+@overload
+def remote(fn: None = None, *, node: str | None = None,
+           timeout: float | None = None) -> Callable[[Callable[..., R]], RemoteFunction[R]]: ...
+
+
+def remote(fn: Callable[..., R] | None = None, *, node: str | None = None,
+           timeout: float | None = None
+           ) -> RemoteFunction[R] | Callable[[Callable[..., R]], RemoteFunction[R]]:
     """Decorator: calling the function runs it on ``node`` (any ready agent when None).
 
     ``f.on("gpu2")(...)`` runs it elsewhere, ``f.map(items)`` spreads it, ``f.local(...)``
     runs it here.
     """
-    def wrap(f: Callable) -> RemoteFunction:
+    def wrap(f: Callable[..., R]) -> RemoteFunction[R]:
         return RemoteFunction(f, node=node, timeout=timeout)
 
     return wrap(fn) if fn is not None else wrap
 
 
-class RemoteFunction:
+class RemoteFunction(Generic[R]):
     """A function bound to a node; see :func:`remote`."""
 
-    def __init__(self, fn: Callable, *, node: str | None, timeout: float | None) -> None:
+    def __init__(self, fn: Callable[..., R], *, node: str | None, timeout: float | None) -> None:
         self.fn = fn
         self.node = node
         self.timeout = timeout
         functools.update_wrapper(self, fn)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> R:
         return _call(self.node, self.fn, args, kwargs, timeout=self.timeout)
 
-    def on(self, node: str | None) -> RemoteFunction:
+    def on(self, node: str | None) -> RemoteFunction[R]:
         return RemoteFunction(self.fn, node=node, timeout=self.timeout)
 
-    def map(self, items: Iterable[Any], nodes: Nodes = None, **options: Any) -> list[Any]:
+    def map(self, items: Iterable[Any], nodes: Nodes = None, **options: Any) -> list[R]:
         return map(self.fn, items, nodes=nodes or self.node or "all", **options)
 
-    def local(self, *args: Any, **kwargs: Any) -> Any:
+    def local(self, *args: Any, **kwargs: Any) -> R:
         return self.fn(*args, **kwargs)
 
     def __repr__(self) -> str:
@@ -210,7 +224,7 @@ class RemoteFunction:
 # --- helpers shared with introspection -----------------------------------------------------------
 
 
-def agents_for(c: Any, nodes: Nodes) -> list[Any]:
+def agents_for(c: _cluster.Cluster, nodes: Nodes) -> list[Handle]:
     """Ready agents for ``nodes``: None / "all", a node, "node/device", or a list of those.
 
     Raises ``UnknownNodeError`` (from the cluster) for a name it does not know, and
@@ -234,7 +248,7 @@ def agents_for(c: Any, nodes: Nodes) -> list[Any]:
     return found
 
 
-def _no_agent_reason(c: Any, node: str, device: str, on_node: list[Any]) -> str:
+def _no_agent_reason(c: _cluster.Cluster, node: str, device: str, on_node: list[Handle]) -> str:
     if device and on_node:
         return (f"node {node} has no ready agent on device {device}; its agents: "
                 + ", ".join(f"{h.node}/{h.device}" for h in on_node))
@@ -245,7 +259,7 @@ def _no_agent_reason(c: Any, node: str, device: str, on_node: list[Any]) -> str:
     return f"node {node} has no ready agent"
 
 
-def _payload(h: Any, blob: CodeBlob, calls: list[dict]) -> dict:
+def _payload(h: Handle, blob: CodeBlob, calls: list[dict]) -> dict:
     payload = {"code": blob.digest, "name": blob.name, "calls": calls}
     if not ledger.holds(h, blob.digest):
         # Recorded before the reply: a concurrent submit to the same agent must not ship twice.
@@ -254,7 +268,7 @@ def _payload(h: Any, blob: CodeBlob, calls: list[dict]) -> dict:
     return payload
 
 
-def _install(c: Any, handles: list[Any], blob: CodeBlob) -> None:
+def _install(c: _cluster.Cluster, handles: list[Handle], blob: CodeBlob) -> None:
     """Ship ``blob`` to every agent in ``handles`` that lacks it, all at once."""
     sending = {}
     for h in handles:
@@ -274,7 +288,7 @@ def _install(c: Any, handles: list[Any], blob: CodeBlob) -> None:
             raise
 
 
-def _unpack_result(packed: dict, h: Any) -> Any:
+def _unpack_result(packed: dict[str, Any], h: Handle) -> Any:
     try:
         return unpack(packed)
     except Exception as err:  # noqa: BLE001 - unpickling runs the result's own code: any error
@@ -284,7 +298,7 @@ def _unpack_result(packed: dict, h: Any) -> Any:
                             "that code on the driver too") from err
 
 
-def raise_remote(error: dict, h: Any, index: int | None) -> None:
+def raise_remote(error: dict[str, Any], h: Handle, index: int | None) -> None:
     """Re-raise an exception the worker returned as data: the same type where it rebuilds,
     else ``RemoteError``; with the node's name and the remote traceback attached."""
     where = f"node {h.node} (agent {h.name})" + (f", item {index}" if index is not None else "")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import NamedTuple
+
+from kiln._protocol import Context
 
 _here = threading.local()
 
@@ -30,7 +32,7 @@ def current_node() -> str | None:
 
 
 @contextmanager
-def running(ctx: Any) -> Iterator[None]:
+def running(ctx: Context) -> Iterator[None]:
     """Mark the calling thread as running a kiln call for the agent of ``ctx``."""
     previous = getattr(_here, "where", None)
     _here.where = Where(ctx.node, ctx.device, ctx.name)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiln import display
+from kiln._protocol import Context
 
 log = logging.getLogger("kiln")
 
@@ -114,7 +115,7 @@ def describe(dotted: str, private: bool = False) -> dict:
     }
 
 
-def node_report(ctx: Any) -> dict:
+def node_report(ctx: Context) -> dict[str, Any]:
     """What this node has: host, Python, installed packages, devices."""
     packages = {}
     for dist in importlib.metadata.distributions():

@@ -28,6 +28,7 @@ import pickle
 import sys
 import sysconfig
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,7 +162,7 @@ def pack_code(fn: Any) -> CodeBlob:
     return CodeBlob(hashlib.sha256(data).hexdigest(), data, name)
 
 
-def load_code(data: bytes) -> Any:
+def load_code(data: bytes) -> Callable[..., Any]:
     """Rebuild a callable from a blob's bytes (on the node)."""
     return cloudpickle.loads(data)
 
@@ -171,7 +172,7 @@ def load_code(data: bytes) -> Any:
 _PLAIN_SCALARS = (str, bytes, bool, int, float, complex, type(None))
 
 
-def is_plain(obj: Any) -> bool:
+def is_plain(obj: object) -> bool:
     """True for data every node can unpickle without kiln's help: numbers, strings, numpy
     arrays of numbers, and dicts/lists/tuples of those.
 

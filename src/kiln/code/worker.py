@@ -29,6 +29,7 @@ import cloudpickle
 
 from kiln import errors
 from kiln._caching import Cache
+from kiln._protocol import AgentContext, Context, Payload, Reply
 from kiln.code import context, introspect, pickling
 
 log = logging.getLogger("kiln")
@@ -44,7 +45,7 @@ _MAX_CODE = 512
 class State:
     """Per-agent: shipped code by digest (an LRU) and counters."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: AgentContext) -> None:
         self.code: Cache[str, Callable[..., Any]] = Cache(_MAX_CODE)
         self.lock = threading.Lock()  # the counters'
         self.installs = 0
@@ -62,7 +63,7 @@ class State:
         return fn
 
 
-def install(state: State, payload: dict, ctx: Any) -> dict:
+def install(state: State, payload: Payload, ctx: Context) -> Reply:
     for digest, data in payload["blobs"].items():
         try:
             state.put(digest, data)
@@ -73,11 +74,11 @@ def install(state: State, payload: dict, ctx: Any) -> dict:
     return {"installed": list(payload["blobs"])}
 
 
-def have(state: State, payload: dict, ctx: Any) -> dict:
+def have(state: State, payload: Payload, ctx: Context) -> Reply:
     return {"digests": state.code.keys()}
 
 
-def run(state: State, payload: dict, ctx: Any) -> dict:
+def run(state: State, payload: Payload, ctx: Context) -> Reply:
     digest = payload["code"]
     fn = state.get(digest)
     if fn is None:
@@ -120,18 +121,18 @@ def run(state: State, payload: dict, ctx: Any) -> dict:
     return {"results": results}
 
 
-def inspect(state: State, payload: dict, ctx: Any) -> dict:
+def inspect(state: State, payload: Payload, ctx: Context) -> Reply:
     name = payload.get("name")
     if name:
         return introspect.describe(name, private=bool(payload.get("private")))
     return introspect.node_report(ctx)
 
 
-def modules(state: State, payload: dict, ctx: Any) -> dict:
+def modules(state: State, payload: Payload, ctx: Context) -> Reply:
     return {"modules": introspect.top_level_modules()}
 
 
-def info(state: State) -> dict:
+def info(state: State) -> dict[str, Any]:
     with state.lock:
         return {"code_blobs": len(state.code), "installs": state.installs,
                 "calls": state.calls, "errors": state.errors,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -39,7 +38,7 @@ def is_retryable(err: BaseException) -> bool:
     return isinstance(err, Exception) and not isinstance(err, _FATAL)
 
 
-def check_texts(texts: Any, field: str = "texts") -> list[str]:
+def check_texts(texts: object, field: str = "texts") -> list[str]:
     """``texts`` as a list of strings; ``EmbedInputError`` naming the bad item otherwise."""
     if isinstance(texts, str):
         return [texts]

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from kiln._protocol import AgentContext, Context, Payload, Reply
 from kiln._settings import settings
 from kiln.embeddings.batcher import Batcher
 from kiln.embeddings.cache import EmbeddingCache
@@ -24,16 +25,12 @@ from kiln.errors import EmbedInputError
 OPS = ("encode",)  # the jobs an agent may run (kiln._protocol)
 
 
-def _never() -> bool:
-    return False
-
-
 class State:
     """Per-agent embedding state: encoders by model directory, one cache, one batcher."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: AgentContext) -> None:
         self.ctx = ctx
-        self.device = getattr(ctx, "device", "cpu")
+        self.device = ctx.device
         gpu = self.device.startswith("cuda")
         env = settings()
         self.dtype = env.embed_dtype
@@ -88,7 +85,7 @@ def _validate(payload: Any) -> tuple[list[str], str, bool]:
     return list(texts), model, bool(payload.get("cache", True))
 
 
-def encode(state: State, payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
+def encode(state: State, payload: Payload, ctx: Context) -> Reply:
     """``{"texts": [...], "model": "default"}`` -> embeddings (float32, input order) and counts.
 
     Cached texts are served from the cache (the very vector computed the first time); the
@@ -114,7 +111,7 @@ def encode(state: State, payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
         vectors[where] = entry.vector
         tokens[where], cut[where], hit[where] = entry.tokens, entry.truncated, True
     if missing:
-        fresh = state.batcher.encode(enc, missing, cancelled=getattr(ctx, "cancelled", None) or _never)
+        fresh = state.batcher.encode(enc, missing, cancelled=ctx.cancelled)
         for j, text in enumerate(missing):
             where = positions[text]
             vectors[where] = fresh.vectors[j]
@@ -123,8 +120,8 @@ def encode(state: State, payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
                 state.cache.put(key, text, fresh.vectors[j], fresh.tokens[j], fresh.truncated[j])
     state.requests += 1
     out = {"embeddings": vectors, "cached": int(hit.sum()), "truncated": int(cut.sum()),
-           "tokens": int(tokens.sum()), "node": getattr(ctx, "node", ""),
-           "device": getattr(ctx, "device", state.device), "model": model, "dim": enc.dim}
+           "tokens": int(tokens.sum()), "node": ctx.node,
+           "device": ctx.device, "model": model, "dim": enc.dim}
     if payload.get("per_text"):
         # one call carrying many clients' texts (the gateway's coalescer): each client's counts
         out["per_text"] = {"cached": hit, "tokens": tokens, "truncated": cut}
@@ -142,7 +139,7 @@ def info(state: State) -> dict[str, Any]:
         "dtype": encoders[0].dtype if encoders else None,
         "memory": _memory(state.device),
         "cache": state.cache.stats()._asdict(),
-        "queue_depth": state.ctx.inflight("embed") if hasattr(state.ctx, "inflight") else 0,
+        "queue_depth": state.ctx.inflight("embed"),
         "batcher": state.batcher.stats(),
         "requests": state.requests,
     }
