@@ -68,6 +68,12 @@ def _flat(text: str) -> str:
     return " ".join(text.split())
 
 
+def _without_arviz_notice(stderr: str) -> str:
+    notice = re.compile(r"\S*arviz/__init__.py:\d+: FutureWarning: \n"
+                        r"ArviZ is undergoing a major refactor.*?\n  warn\(\n", re.S)
+    return notice.sub("", stderr).strip()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -280,8 +286,9 @@ def test_demo_on_the_embedded_default_prints_both_runs_readably_at_80_columns(sc
     assert "A 4-chain Bayesian model with its pooled posterior" in out.splitlines()
     assert "seed 0" not in out.lower()  # words from kiln's design documents, not the user's
     assert "Combined 200 draws" in out  # one node: the local one
-    # Nothing but kiln's own output: no Ray notice, no library warning.
-    assert r.stderr.strip() == "", r.stderr
+    # Nothing but kiln's own output: no Ray notice, no library warning, except ArviZ's notice
+    # of its refactor (once a day per user, so on this fresh HOME), which kiln does not hide
+    assert _without_arviz_notice(r.stderr) == "", r.stderr
     where = out.strip().splitlines()[-1]
     assert re.fullmatch(r"Ran on \S+ \(cpu, local Ray\): connect \d+\.\d s, "
                         r"normal \d+\.\d s, 4 chains \d+\.\d s", where), where
