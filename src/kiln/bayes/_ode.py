@@ -12,7 +12,9 @@ On the agent the node is solved by diffrax (https://docs.kidger.site/diffrax/): 
 up, written in JAX, differentiable through the solve (what NUTS needs), and has adaptive
 explicit solvers (Dopri5 = Stan's rk45, Tsit5) and an implicit one for stiff systems
 (Kvaerno5, in place of Stan's bdf). A solve that fails (too many steps) gives inf, so the
-sampler rejects that point instead of stopping.
+sampler rejects that point instead of stopping; a failed Newton step of the implicit solver
+gives NaN in the solution or its gradient (`failures_as_nan`), which the sampler rejects
+likewise, as Stan rejects a proposal whose ODE solve fails.
 
     {"op": "ode", "args": [y0, times, t0], "rhs": <graph over slots t, y>,
      "method": "dopri5", "rtol": 1e-6, "atol": 1e-6, "max_steps": 4096}
@@ -20,7 +22,9 @@ sampler rejects that point instead of stopping.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import ModelTypeError
@@ -58,6 +62,32 @@ def _shape(_: list[Any], node: dict[str, Any], ctx: Ctx) -> tuple[int, ...]:
     if dy != y0:
         raise NodeError(f"ode: the right-hand side gives shape {dy}, the state has shape {y0}")
     return times + y0
+
+
+@contextlib.contextmanager
+def failures_as_nan() -> Iterator[None]:
+    """While a program is traced and lowered: a failed linear solve gives NaN, not an error.
+
+    Kvaerno5 solves each step by Newton iterations; a rejected step may leave a non-finite
+    iterate. Diffrax drops the step, but the derivative of the solve still goes through it,
+    and Lineax checks every linear solve of a derivative with `throw=True` (hard-wired), so
+    equinox raises a runtime error that ends the whole run. Equinox reads its `on_error`
+    setting (the `EQX_ON_ERROR` variable, kept in `equinox._errors`) when the check is
+    lowered; set to "nan" for the sampler's programs, the check gives NaN instead, the
+    energy is NaN and NUTS treats that trajectory as divergent: the proposal is rejected and
+    the run goes on. Only the programs lowered here are affected, never the caller's own
+    equinox code; a model without an ODE has not imported equinox and is left alone.
+    """
+    errors = sys.modules.get("equinox._errors")
+    if errors is None or not hasattr(errors, "EQX_ON_ERROR"):
+        yield
+        return
+    before = errors.EQX_ON_ERROR
+    errors.EQX_ON_ERROR = "nan"
+    try:
+        yield
+    finally:
+        errors.EQX_ON_ERROR = before
 
 
 def _solver(method: str) -> Any:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _chees, _nuts
+from ._ode import failures_as_nan
 from .compile import Compiled
 
 
@@ -168,7 +169,7 @@ def compile_programs(cm: Compiled, s: Settings, args: tuple[Any, ...], dev: Any)
     sharding = jax.sharding.SingleDeviceSharding(dev)
     consts = args[0]
     i64 = jax.ShapeDtypeStruct((), jnp.int64, sharding=sharding)
-    with TRACE_LOCK:
+    with TRACE_LOCK, failures_as_nan():
         carry = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                              jax.eval_shape(start_fn, *args))
         lowered = (jax.jit(start_fn).lower(*args),
