@@ -65,3 +65,16 @@ def test_a_vector_larger_than_the_cache_is_not_kept():
     cache = EmbeddingCache(max_bytes=8)
     cache.put("m", "big", vec(1))
     assert len(cache) == 0
+
+
+def test_a_block_stored_at_once_reads_back_row_by_row_as_read_only_copies():
+    cache = EmbeddingCache(max_entries=2)
+    block = np.stack([vec(1), vec(2), vec(3)])
+    cache.put_many("m", ["a", "b", "c"], block, np.array([1, 2, 3]), np.array([False, True, False]))
+    block[:] = 0  # the caller's array is theirs: the cache kept its own copy
+    found = cache.get_many("m", ["a", "b", "c", "d"])
+    assert found[0] is None  # bounded by entries: "a" went first
+    assert found[3] is None
+    assert np.array_equal(found[1].vector, vec(2)) and found[1].tokens == 2 and found[1].truncated
+    assert np.array_equal(found[2].vector, vec(3)) and not found[2].vector.flags.writeable
+    assert (cache.hits, cache.misses) == (2, 2)

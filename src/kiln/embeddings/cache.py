@@ -48,6 +48,22 @@ class EmbeddingCache:
         stored.setflags(write=False)  # callers get this very array back: nobody may change it
         self._cache.put(text_key(model, text), Entry(stored, int(tokens), bool(truncated)))
 
+    def get_many(self, model: str, texts: list[str]) -> list[Entry | None]:
+        return self._cache.get_many([text_key(model, text) for text in texts])
+
+    def put_many(self, model: str, texts: list[str], vectors: np.ndarray, tokens: np.ndarray,
+                 truncated: np.ndarray) -> None:
+        """``put`` of each row of ``vectors``, with one copy of the block: the rows are
+        read-only views of it (one copy and one lock a call, where a copy and a lock per text
+        cost ~30 us a text, more than a GPU takes to encode it)."""
+        if self.max_entries == 0 or not texts:
+            return
+        block = np.array(vectors, dtype=np.float32, copy=True)
+        block.setflags(write=False)
+        self._cache.put_many([
+            (text_key(model, text), Entry(block[j], int(tokens[j]), bool(truncated[j])))
+            for j, text in enumerate(texts)])
+
     @property
     def hits(self) -> int:
         return self._cache.hits

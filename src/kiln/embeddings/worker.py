@@ -102,9 +102,11 @@ def encode(state: State, payload: Payload, ctx: Context) -> Reply:
     for i, text in enumerate(texts):
         positions.setdefault(text, []).append(i)
     hit = np.zeros(n, dtype=bool)
+    unique = list(positions)
+    found = state.cache.get_many(key, unique) if use_cache else [None] * len(unique)
     missing: list[str] = []
-    for text, where in positions.items():
-        entry = state.cache.get(key, text) if use_cache else None
+    for text, entry in zip(unique, found, strict=True):
+        where = positions[text]
         if entry is None:
             missing.append(text)
             continue
@@ -112,12 +114,16 @@ def encode(state: State, payload: Payload, ctx: Context) -> Reply:
         tokens[where], cut[where], hit[where] = entry.tokens, entry.truncated, True
     if missing:
         fresh = state.batcher.encode(enc, missing, cancelled=ctx.cancelled)
-        for j, text in enumerate(missing):
-            where = positions[text]
-            vectors[where] = fresh.vectors[j]
-            tokens[where], cut[where] = fresh.tokens[j], fresh.truncated[j]
-            if use_cache:
-                state.cache.put(key, text, fresh.vectors[j], fresh.tokens[j], fresh.truncated[j])
+        rows = [positions[text] for text in missing]
+        if all(len(where) == 1 for where in rows):  # the usual case: no text twice in a call
+            flat = [where[0] for where in rows]
+            vectors[flat], tokens[flat], cut[flat] = fresh.vectors, fresh.tokens, fresh.truncated
+        else:
+            for j, where in enumerate(rows):
+                vectors[where] = fresh.vectors[j]
+                tokens[where], cut[where] = fresh.tokens[j], fresh.truncated[j]
+        if use_cache:
+            state.cache.put_many(key, missing, fresh.vectors, fresh.tokens, fresh.truncated)
     state.requests += 1
     out = {"embeddings": vectors, "cached": int(hit.sum()), "truncated": int(cut.sum()),
            "tokens": int(tokens.sum()), "node": ctx.node,
