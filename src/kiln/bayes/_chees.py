@@ -2,19 +2,25 @@
 
 ChEES tunes one step size and one trajectory length for all the chains of a call, by
 maximising the expected squared jump distance across the ensemble; the draws are then
-jittered-length HMC (BlackJAX's `dynamic_hmc`). The chains share the adaptation by
-design, so a chain's draws depend on the other chains of its call.
+jittered-length HMC (BlackJAX's `dynamic_hmc`, Halton-jittered integration steps). The chains
+share the adaptation by design, so a chain's draws depend on the other chains of its call.
 
     state = init(ld, s, z0, k_warm, k_draw)        # the whole ChEES warm-up, one program
     state, info = draw_step(ld, s)(state, t)       # t = 0 .. s.draws - 1
 
-The warm-up runs as BlackJAX's `chees_adaptation.run` (one compiled loop); the draws are
-stepped here with the same kernel `chees_adaptation` hands back, rebuilt from its definition
-(Halton-jittered integration steps), so that they can run in chunks.
+The warm-up loop is written here over BlackJAX's ChEES update (`chees_adaptation.base`:
+dual averaging of the step size on the ensemble's harmonic-mean acceptance, Adam on the
+ChEES gradient of the log trajectory length) so that the metric can come from the ensemble
+itself, as in MEADS (Hoffman & Sountsov 2022): with thousands of chains the cross-chain
+variance of one step's positions is already a good diagonal metric, and it costs one
+reduction over the chains. (BlackJAX's own `mass_matrix_estimation="diagonal"` folds the
+chains into a Welford accumulator one at a time, a sequential loop of `n` tiny steps per
+warm-up step: on an H200 at 4096 chains that made the warm-up 27x longer.)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -24,13 +30,25 @@ import numpy as np
 
 from ._nuts import Info
 
-# ChEES adapts step size and trajectory length across the chains; "diagonal" would also
-# estimate a diagonal mass matrix from the ensemble. Measured on an H200 with 4096 chains
-# (bench/chees_metric.py): it lowered eight schools' worst R-hat from 1.022 to 1.004 but ran
-# 27x longer (its trajectory-length floor), for 7x less ESS/s; so the identity metric it is.
-MASS_MATRIX: str | None = None
+# "ensemble": the diagonal metric is the cross-chain variance of the positions, refreshed at
+# every warm-up step from METRIC_START on and, for the draws, averaged over the last half of
+# the warm-up; None: the identity. Measured (bench/chees_metric.py) on the seed 001 model
+# and eight schools: see bench/results/chees-*.json.
+MASS_MATRIX: str | None = "ensemble"
+METRIC_START = 0.1            # fraction of warm-up steps run with the identity metric first
+# Floor the (jitter's maximum) trajectory length at LENGTH_FLOOR x sqrt(lambda_max), lambda_max
+# the top eigenvalue of the whitened ensemble covariance: its slowest direction, which the
+# bulk-dominated ChEES criterion under-serves (BlackJAX's floor, there pi/2 over a sequential
+# Welford of the whole window; here by a few power iterations on one step's ensemble, O(n d)).
+# Why pi: a length drawn uniformly from (0, T] moves a Gaussian direction of variance lambda
+# to a lag-1 autocorrelation of sin(x)/x, x = T / sqrt(lambda), which is zero at x = pi.
+# None: no floor.
+LENGTH_FLOOR: float | None = math.pi
+POWER_ITERATIONS = 3
 INITIAL_STEP_SIZE = 0.1
 LEARNING_RATE = 0.025
+DECAY_RATE = 0.5
+MAX_LEAPFROG = 1000
 
 
 class State(NamedTuple):
@@ -45,35 +63,98 @@ def _max_bits(s: Any) -> float:
     return float(np.ceil(np.log2(max(s.warmup, 1) + s.draws)))
 
 
+def _integration_steps(max_bits: float) -> Callable[[Any, Any], Any]:
+    from blackjax.mcmc import dynamic_hmc
+
+    def steps(i: Any, num_leapfrog: Any) -> Any:
+        return jnp.asarray(jnp.ceil(dynamic_hmc.halton_sequence(i, max_bits) * num_leapfrog),
+                           dtype=int)
+    return steps
+
+
+def _ensemble_moments(x: Any) -> tuple[Any, Any]:
+    """Cross-chain (mean, variance) of (n, d) positions, ignoring non-finite rows."""
+    ok = jnp.all(jnp.isfinite(x), axis=1, keepdims=True)
+    w = ok / jnp.maximum(ok.sum(), 2)
+    xs = jnp.where(ok, x, 0.0)
+    mean = (w * xs).sum(0)
+    var = (w * (xs - mean) ** 2).sum(0) * ok.sum() / jnp.maximum(ok.sum() - 1, 1)
+    return mean, var
+
+
+def _lambda_max(x: Any, imm: Any, v: Any) -> tuple[Any, Any]:
+    """Top eigenvalue of the ensemble covariance whitened by `imm`, and its eigenvector, by
+    power iterations warm-started at `v` (never forming the (d, d) matrix)."""
+    ok = jnp.all(jnp.isfinite(x), axis=1, keepdims=True)
+    xs = jnp.where(ok, x, 0.0)
+    xw = (xs - (xs * ok).sum(0) / jnp.maximum(ok.sum(), 1)) / jnp.sqrt(imm) * ok
+    denom = jnp.maximum(ok.sum() - 1, 1)
+
+    def body(_: Any, u: Any) -> Any:
+        u = xw.T @ (xw @ u) / denom
+        return u / jnp.maximum(jnp.linalg.norm(u), 1e-300)
+    v = jax.lax.fori_loop(0, POWER_ITERATIONS, body, v)
+    return jnp.maximum(v @ (xw.T @ (xw @ v)) / denom, 1e-12), v
+
+
 def init(ld: Callable, s: Any, z0: Any, k_warm: Any, k_draw: Any) -> State:
-    import blackjax
     import optax
-    from blackjax.adaptation.base import get_filter_adapt_info_fn
+    from blackjax.adaptation.chees_adaptation import base
+    from blackjax.mcmc import dynamic_hmc
 
     n, dim = z0.shape
-    chees = blackjax.chees_adaptation(ld, n, target_acceptance_rate=s.target_accept,
-                                      adaptation_info_fn=get_filter_adapt_info_fn(),
-                                      mass_matrix_estimation=MASS_MATRIX)
-    (chain, params), _ = chees.run(k_warm[0], z0, step_size=INITIAL_STEP_SIZE,
-                                   optim=optax.adam(LEARNING_RATE), num_steps=max(s.warmup, 1),
-                                   max_sampling_steps=s.draws)
-    imm = jnp.broadcast_to(params["inverse_mass_matrix"], (n, dim))
-    return State(chain, jnp.broadcast_to(params["step_size"], (n,)), imm,
-                 params["integration_steps_params"][0], k_draw)
+    num_steps = max(s.warmup, 1)
+    max_bits = _max_bits(s)
+    halton = lambda i: dynamic_hmc.halton_sequence(i, max_bits)  # noqa: E731
+    kernel = dynamic_hmc.build_kernel(next_random_arg_fn=lambda i: i + 1,
+                                      integration_steps_fn=_integration_steps(max_bits))
+    a_init, a_update = base(halton, lambda i: i + 1, optax.adam(LEARNING_RATE),
+                            s.target_accept, DECAY_RATE, MAX_LEAPFROG)
+    ensemble = MASS_MATRIX == "ensemble"
+    start = int(METRIC_START * num_steps) if ensemble else num_steps
+    pool_from = max(start, num_steps // 2)
+
+    def one(carry: Any, t: Any) -> Any:
+        chains, ad, imm, pooled, v = carry
+        length = ad.trajectory_length
+        if LENGTH_FLOOR and ensemble:
+            lam, v = _lambda_max(chains.position, imm, v)
+            floor = jnp.where(t >= start, LENGTH_FLOOR * jnp.sqrt(lam), 0.0)
+            length = jnp.minimum(jnp.maximum(length, floor), MAX_LEAPFROG * ad.step_size)
+        keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(k_warm)
+        new, info = jax.vmap(lambda k, c: kernel(k, c, ld, ad.step_size, imm,
+                                                 (length / ad.step_size,)))(keys, chains)
+        ad = a_update(ad, info.proposal.position, info.proposal.momentum, chains.position,
+                      info.acceptance_rate, info.is_divergent, imm)
+        if ensemble:
+            _, var = _ensemble_moments(new.position)
+            var = jnp.where(jnp.isfinite(var) & (var > 0), var, imm)
+            imm = jnp.where(t + 1 >= start, var, imm)
+            pooled = pooled + jnp.where(t >= pool_from, var, 0.0)
+        return (new, ad, imm, pooled, v), None
+
+    chains = jax.vmap(lambda z: dynamic_hmc.init(z, ld, 0))(z0)
+    carry0 = (chains, a_init(0, INITIAL_STEP_SIZE), jnp.ones(dim), jnp.zeros(dim),
+              jnp.ones(dim) / math.sqrt(dim))
+    (chains, ad, imm, pooled, v), _ = jax.lax.scan(one, carry0, jnp.arange(num_steps))
+    step_size = jnp.exp(ad.log_step_size_moving_average)
+    length = jnp.exp(ad.log_trajectory_length_moving_average)
+    if ensemble and num_steps - pool_from > 0:
+        imm = pooled / (num_steps - pool_from)
+    if LENGTH_FLOOR and ensemble:
+        lam, _ = _lambda_max(chains.position, imm, v)
+        length = jnp.minimum(jnp.maximum(length, LENGTH_FLOOR * jnp.sqrt(lam)),
+                             MAX_LEAPFROG * step_size)
+    # the draws continue the warm-up's Halton sequence, as BlackJAX's chees_adaptation does
+    return State(chains, jnp.broadcast_to(step_size, (n,)), jnp.broadcast_to(imm, (n, dim)),
+                 length / step_size, k_draw)
 
 
 def draw_step(ld: Callable, s: Any) -> Callable[[State, Any], tuple[State, Info]]:
     from blackjax.mcmc import dynamic_hmc
 
-    max_bits = _max_bits(s)
-
-    def integration_steps(i: Any, num_leapfrog: Any) -> Any:
-        # chees_adaptation's own: Halton-jittered lengths (jitter_amount 1)
-        jitter = dynamic_hmc.halton_sequence(i, max_bits) * 1.0 + (1.0 - 1.0)
-        return jnp.asarray(jnp.ceil(jitter * num_leapfrog), dtype=int)
-
     kernel = dynamic_hmc.build_kernel(next_random_arg_fn=lambda i: i + 1,
-                                      integration_steps_fn=integration_steps)
+                                      integration_steps_fn=_integration_steps(_max_bits(s)))
 
     def draw(state: State, t: Any) -> tuple[State, Info]:
         keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(state.draw_keys)
@@ -83,5 +164,5 @@ def draw_step(ld: Callable, s: Any) -> Callable[[State, Any], tuple[State, Info]
         depth = jnp.zeros(keys.shape[0], jnp.int32)
         return state._replace(chain=chain), Info(
             chain.position, info.acceptance_rate, info.is_divergent, info.energy, depth,
-            info.num_integration_steps)
+            info.num_integration_steps.astype(jnp.int32))
     return draw
