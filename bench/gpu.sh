@@ -45,6 +45,7 @@ serve_peers.reflection_stand_in(); import ray.serve; print("ray serve", ray.__ve
   tests)
     $py -m pytest -q -p no:cacheprovider --durations=0 tests_gpu "$@" 2>&1 | tee "$out/gpu-tests.txt" ;;
   dispatch) $py bench/dispatch.py --out "$out/dispatch-h200.json" "$@" ;;
+  chees) $py bench/chees_metric.py --chains 4096 --repeats 3 --peer-chains 4,4096 --variants identity,ensemble+floor --out "$out/chees-metric-$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -oiE 'h100|h200|a100' | tr A-Z a-z || echo gpu).json" "$@" ;;
   sampling) $py bench/sampling.py --chains 4,1024,4096 --repeats 3 --skip pymc \
               --out "$out/sampling-h200.json" "$@" ;;
   embed) $py bench/embed.py "${model[@]}" "${small[@]}" --profile-dir /tmp/kiln-prof \

@@ -51,6 +51,8 @@ def diagnostics(samples: dict[str, np.ndarray], seconds: float) -> dict[str, Any
         ess = float(az.ess(x, method="bulk"))
         out[k] = {"mean": float(x.mean()), "sd": float(x.std()), "ess_bulk": ess,
                   "ess_per_s": ess / seconds, "r_hat": float(az.rhat(x)) if x.shape[0] > 1 else None}
+    # the headline: the worst parameter, not the best (issue 9)
+    out["min_ess_per_s"] = min(out[k]["ess_per_s"] for k in ("mu", "sigma"))
     return out
 
 
@@ -114,8 +116,9 @@ def bench_numpyro(chains: int, repeats: int, use_gpu: bool) -> dict[str, Any]:
     dev = jax.devices("gpu")[0] if use_gpu else jax.devices("cpu")[0]
     y = jax.device_put(SEED_Y, dev)
     with jax.default_device(dev):
+        # jit_model_args: the warm re-runs reuse the compiled model, NumPyro at its best
         mcmc = MCMC(NUTS(model), num_warmup=WARMUP, num_samples=DRAWS, num_chains=chains,
-                    chain_method="vectorized", progress_bar=False)
+                    chain_method="vectorized", progress_bar=False, jit_model_args=True)
         t = time.perf_counter()
         mcmc.run(jax.random.PRNGKey(1), y)
         s = mcmc.get_samples(group_by_chain=True)
@@ -179,6 +182,7 @@ def main() -> None:
     import jax
 
     import kiln.bayes.engine  # noqa: F401 - float64, as on the agents
+    from kiln.bayes.engine import GPU_MIN_CHAINS
 
     gpu = has_gpu()
     plat = "gpu" if gpu else "cpu"
@@ -203,7 +207,9 @@ def main() -> None:
                 entry[f"engine_{method}"] = bench_engine(chains, args.repeats, method, args.device, plat)
         if "numpyro" not in skip:
             print(f"[{chains} chains] NumPyro MCMC vectorized ...", flush=True)
-            entry["numpyro"] = bench_numpyro(chains, max(1, min(args.repeats, 2)), gpu)
+            # on the device kiln's device="auto" picks: few chains go to the CPU
+            entry["numpyro"] = bench_numpyro(chains, max(1, min(args.repeats, 2)),
+                                             gpu and chains >= GPU_MIN_CHAINS)
         if "pymc" not in skip and chains <= 8:
             entry["pymc"] = bench_pymc(chains)
         result["runs"].append(entry)
@@ -220,7 +226,7 @@ def report(entry: dict[str, Any]) -> None:
     peer = entry.get("numpyro")
     print(f"\n== {chains} chains x ({WARMUP} warmup + {DRAWS} draws) ==")
     print(f"{'what':28} {'wall s':>9} {'ESS/s mu':>11} {'ESS/s sigma':>12} {'R-hat mu':>9} "
-          f"{'x NumPyro (time)':>17} {'x NumPyro (ESS/s mu)':>21}")
+          f"{'x NumPyro (time)':>17} {'x NumPyro (min ESS/s)':>22}")
     for name, r in sorted(entry.items(), key=lambda kv: kv[0] != "numpyro"):
         if not isinstance(r, dict):
             if name != "chains":
@@ -231,11 +237,11 @@ def report(entry: dict[str, Any]) -> None:
             ratio_t = ratio_e = ""
             if peer is not None:
                 ratio_t = f"{peer[phase]['seconds'] / d['seconds']:.1f}x"
-                ratio_e = f"{d['mu']['ess_per_s'] / peer[phase]['mu']['ess_per_s']:.1f}x"
+                ratio_e = f"{d['min_ess_per_s'] / peer[phase]['min_ess_per_s']:.1f}x"
             rhat = d["mu"]["r_hat"]
             print(f"{name + ' ' + phase:28} {d['seconds']:9.3f} {d['mu']['ess_per_s']:11.0f} "
                   f"{d['sigma']['ess_per_s']:12.0f} {rhat if rhat is None else round(rhat, 4)!s:>9} "
-                  f"{ratio_t:>17} {ratio_e:>21}")
+                  f"{ratio_t:>17} {ratio_e:>22}")
         if r.get("device_reason"):
             print(f"{'':28} device {r.get('device')}: {r['device_reason']}")
 
