@@ -70,7 +70,16 @@ def _kernel(ld: Callable, s: Any) -> Callable:
     kernel = blackjax.nuts.build_kernel()
 
     def step(key: Any, chain: Any, eps: Any, imm: Any) -> Any:
-        return kernel(key, chain, ld, eps, imm, max_num_doublings=s.max_tree_depth)
+        new, info = kernel(key, chain, ld, eps, imm, max_num_doublings=s.max_tree_depth)
+        # A kinetic energy can overflow to -inf (a momentum of 1e236 after a gradient of
+        # 1e235, posteriordb's arma11 at a non-invertible theta); BlackJAX then gives that
+        # state an infinite weight and accepts it, with an acceptance rate of 1, so the chain
+        # jumps from log density 65 to -3.6e233 and stays there at a step size of ~0. A
+        # transition whose chosen state has no finite energy is rejected as a divergence.
+        bad = ~jnp.isfinite(info.energy)
+        new = jax.tree.map(lambda old, x: jnp.where(bad, old, x), chain, new)
+        return new, info._replace(is_divergent=info.is_divergent | bad,
+                                  acceptance_rate=jnp.where(bad, 0.0, info.acceptance_rate))
     return step
 
 
