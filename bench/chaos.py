@@ -7,6 +7,12 @@ agent is SIGKILLed mid-map, and the head crashes and comes back. After each roun
 host returns (cable in, `kiln join` again) and must serve.
 
     sudo .venv/bin/python bench/chaos.py [--rounds 10] [--head-rounds 10] [--only KIND ...]
+    ... --only gateway head --rounds 5 --from-log first-run.log   # add to a run's rounds
+
+The results file is written after every round, so a run cut short keeps what it measured;
+``--from-log`` takes the rounds printed by an earlier run (its JSON lines) as a start. A round
+whose harness failed (the driver did not answer a query in time on a loaded machine) is
+recorded as such, the driver is started again, and the run goes on.
 
 Prints, per fault: rounds, items asked, items lost (must be 0), duplicates (0), typed failures,
 and the seconds until Ray declared the node dead (detect), until the work in flight was done
@@ -82,46 +88,74 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--head-rounds", type=int, default=10)
     ap.add_argument("--only", nargs="*", choices=KINDS, default=list(KINDS))
+    ap.add_argument("--from-log", help="an earlier run's output: its rounds are kept")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "chaos-vm.json"))
     args = ap.parse_args()
     why = unavailable()
     if why:
         sys.exit(f"chaos needs network namespaces: {why}")
-    results: dict[str, list[dict]] = {}
+    results: dict[str, list[dict]] = read_log(args.from_log) if args.from_log else {}
+    harness: list[dict] = []
     started = time.time()
+
+    def write() -> dict[str, dict]:
+        summary = {fault: summarize(rs) for fault, rs in results.items()}
+        out = {"machine": f"{platform.node()} ({platform.machine()}, 2 cores shared)",
+               "wall_s": round(time.time() - started), "bound": "Ray health checks set by kiln "
+               "up: period 1 s, timeout 1.5 s, 3 failures -> at most 8.5 s to declare a node dead",
+               "summary": summary, "harness_failures": harness, "rounds": results}
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+        return summary
+
     with Hosts() as hosts:
         cluster = NetnsCluster(hosts).start()
         driver = Driver(hosts, cluster)
 
-        def record(r) -> None:
+        def record(fault: str, run) -> None:
+            nonlocal driver
+            try:
+                r = run()
+            except AssertionError as err:  # the harness, not kiln: the driver did not answer
+                harness.append({"fault": fault, "error": str(err)[:300]})
+                print(json.dumps(harness[-1]), flush=True)
+                driver.close()
+                driver = Driver(hosts, cluster)
+                return
+            if isinstance(r, tuple):
+                r, driver = r
             results.setdefault(r.fault, []).append(r.as_dict())
             print(json.dumps(r.as_dict()), flush=True)
+            write()
 
         for i in range(args.rounds):
             if "sample" in args.only:
-                record(link_down_mid_sample(hosts, cluster, driver, seed=i))
+                record("sample", lambda i=i: link_down_mid_sample(hosts, cluster, driver, seed=i))
             if "map" in args.only:
-                record(link_down_mid_map(hosts, cluster, driver))
+                record("map", lambda: link_down_mid_map(hosts, cluster, driver))
             if "agent" in args.only:
-                record(agent_killed_mid_map(hosts, cluster, driver))
+                record("agent", lambda: agent_killed_mid_map(hosts, cluster, driver))
         if "gateway" in args.only:
             gw, url, key = start_gateway(hosts, cluster)
             for _ in range(args.rounds):
-                record(link_down_mid_gateway_load(hosts, cluster, driver, url, key))
+                record("gateway", lambda: link_down_mid_gateway_load(hosts, cluster, driver,
+                                                                     url, key))
             gw.kill()
         if "head" in args.only:
             for _ in range(args.head_rounds):
-                r, driver = head_restart(hosts, cluster, driver)
-                record(r)
+                record("head", lambda: head_restart(hosts, cluster, driver))
         driver.close()
-    summary = {fault: summarize(rs) for fault, rs in results.items()}
-    print_table(summary)
-    out = {"machine": f"{platform.node()} ({platform.machine()}, 2 cores shared)",
-           "wall_s": round(time.time() - started), "bound": "Ray health checks set by kiln up: "
-           "period 1 s, timeout 1.5 s, 3 failures -> at most 8.5 s to declare a node dead",
-           "summary": summary, "rounds": results}
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print_table(write())
     print(f"\nwrote {args.out}")
+
+
+def read_log(path: str) -> dict[str, list[dict]]:
+    """The rounds an earlier run printed (one JSON object per line)."""
+    rounds: dict[str, list[dict]] = {}
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("{") and '"fault"' in line and '"items"' in line:
+            r = json.loads(line)
+            rounds.setdefault(r["fault"], []).append(r)
+    return rounds
 
 
 if __name__ == "__main__":

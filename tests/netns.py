@@ -355,7 +355,11 @@ class Driver:
 
 
 def _driver_main(address_: str) -> None:  # pragma: no cover - runs on h4
+    import faulthandler
+    import signal
     import threading
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: where it waits
 
     import ray
 
