@@ -44,7 +44,12 @@ METRIC_START = 0.1            # fraction of warm-up steps run with the identity 
 # to a lag-1 autocorrelation of sin(x)/x, x = T / sqrt(lambda), which is zero at x = pi.
 # None: no floor.
 LENGTH_FLOOR: float | None = math.pi
-POWER_ITERATIONS = 3
+# The floor applies in the warm-up too. Without it there the draws' worst ESS per draw was the
+# same and eight schools' warm-up (1000 steps to 500 draws) about 1.5x shorter on a CPU, but the
+# short early trajectories left the ensemble still contracting halfway through a 300-step
+# warm-up (seed 001: the pooled metric 2.5x the posterior variance of mu).
+FLOOR_IN_WARMUP = True
+POWER_ITERATIONS = 3          # per warm-up step, warm-started; 20 for the draws' length
 INITIAL_STEP_SIZE = 0.1
 LEARNING_RATE = 0.025
 DECAY_RATE = 0.5
@@ -82,7 +87,8 @@ def _ensemble_moments(x: Any) -> tuple[Any, Any]:
     return mean, var
 
 
-def _lambda_max(x: Any, imm: Any, v: Any) -> tuple[Any, Any]:
+def _lambda_max(x: Any, imm: Any, v: Any, iterations: int = POWER_ITERATIONS
+                ) -> tuple[Any, Any]:
     """Top eigenvalue of the ensemble covariance whitened by `imm`, and its eigenvector, by
     power iterations warm-started at `v` (never forming the (d, d) matrix)."""
     ok = jnp.all(jnp.isfinite(x), axis=1, keepdims=True)
@@ -90,10 +96,9 @@ def _lambda_max(x: Any, imm: Any, v: Any) -> tuple[Any, Any]:
     xw = (xs - (xs * ok).sum(0) / jnp.maximum(ok.sum(), 1)) / jnp.sqrt(imm) * ok
     denom = jnp.maximum(ok.sum() - 1, 1)
 
-    def body(_: Any, u: Any) -> Any:
-        u = xw.T @ (xw @ u) / denom
-        return u / jnp.maximum(jnp.linalg.norm(u), 1e-300)
-    v = jax.lax.fori_loop(0, POWER_ITERATIONS, body, v)
+    for _ in range(iterations):   # unrolled: one fused kernel on a GPU, not a loop
+        v = xw.T @ (xw @ v) / denom
+        v = v / jnp.maximum(jnp.linalg.norm(v), 1e-300)
     return jnp.maximum(v @ (xw.T @ (xw @ v)) / denom, 1e-12), v
 
 
@@ -117,7 +122,7 @@ def init(ld: Callable, s: Any, z0: Any, k_warm: Any, k_draw: Any) -> State:
     def one(carry: Any, t: Any) -> Any:
         chains, ad, imm, pooled, v = carry
         length = ad.trajectory_length
-        if LENGTH_FLOOR and ensemble:
+        if LENGTH_FLOOR and ensemble and FLOOR_IN_WARMUP:
             lam, v = _lambda_max(chains.position, imm, v)
             floor = jnp.where(t >= start, LENGTH_FLOOR * jnp.sqrt(lam), 0.0)
             length = jnp.minimum(jnp.maximum(length, floor), MAX_LEAPFROG * ad.step_size)
@@ -142,7 +147,7 @@ def init(ld: Callable, s: Any, z0: Any, k_warm: Any, k_draw: Any) -> State:
     if ensemble and num_steps - pool_from > 0:
         imm = pooled / (num_steps - pool_from)
     if LENGTH_FLOOR and ensemble:
-        lam, _ = _lambda_max(chains.position, imm, v)
+        lam, _ = _lambda_max(chains.position, imm, v, 20)
         length = jnp.minimum(jnp.maximum(length, LENGTH_FLOOR * jnp.sqrt(lam)),
                              MAX_LEAPFROG * step_size)
     # the draws continue the warm-up's Halton sequence, as BlackJAX's chees_adaptation does
