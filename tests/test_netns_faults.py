@@ -29,6 +29,7 @@ DETECT_BOUND_S = 10  # kiln up's health checks: 1 + 3 x (1.5 + 1) = 8.5 s, plus 
 # lost chain re-runs whole: on a loaded 2-core machine that is most of a call's time again).
 EXTRA_BOUND_S = 60
 BACK_BOUND_S = 120  # `kiln join` again and a call answering on the returned host
+HEAD_BACK_BOUND_S = 300  # `kiln up`, three `kiln join` and a new driver (120 s in bench/chaos.py)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def driver(netns_cluster):
     d.close()
 
 
-def _check(r, detected=True):
+def _check(r, detected=True, back_bound=BACK_BOUND_S):
     print(r.as_dict())  # the figures, for the log (bench/chaos.py records them)
     assert r.lost == 0, r
     assert r.duplicates == 0, r
@@ -48,7 +49,7 @@ def _check(r, detected=True):
     assert r.recover_s is not None, r
     if r.extra_s is not None:
         assert r.extra_s <= EXTRA_BOUND_S, r
-    assert r.back_s is not None and r.back_s <= BACK_BOUND_S, r
+    assert r.back_s is not None and r.back_s <= back_bound, r
 
 
 def test_a_worker_host_dropping_off_the_network_mid_sample(netns_cluster, driver):
@@ -80,10 +81,14 @@ def test_a_worker_host_dropping_off_the_network_under_gateway_load(netns_cluster
     _check(r)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, issue 8: a driver in a map while the head "
-                   "restarts is ended by Ray (it exits 1; its 30 items are lost) before kiln's "
-                   "head check can raise ConnectError. Strict: the day it passes, this fails.")
-def test_the_head_restarting_mid_map(netns_cluster, driver):
+def test_the_head_restarting_mid_map_fails_it_with_a_typed_error_naming_the_head(
+        netns_cluster, driver):
+    # A restarted head is a new cluster and Ray ends every driver process of the old one
+    # (docs/cluster.md, "Why a driver cannot outlive its head"), so the items cannot be re-run
+    # by this driver. None is lost silently: the map raises ConnectError naming the head and
+    # the unfinished items before Ray ends the process (it used to hang in ray.nodes() until
+    # Ray ended it at 60 s, exit 1, 30 items lost).
     r, new = head_restart(netns_cluster.hosts, netns_cluster, driver)
     new.close()
-    _check(r, detected=False)
+    assert r.failed_typed == r.items and "ConnectError" in r.note, r
+    _check(r, detected=False, back_bound=HEAD_BACK_BOUND_S)

@@ -163,6 +163,7 @@ class _Run:
     def _pick(self, i: int) -> Any | None:
         pool = self._candidates(i)
         if not pool:
+            self._require_head()
             self.agents = self._look_for_agents()  # waits for restarted agents, or raises
             pool = self._candidates(i)
             if not pool:
@@ -259,6 +260,7 @@ class _Run:
             self.policy.on_done(i, h, value)
 
     def _lost(self, i: int, h: Any, err: AgentLostError, alone: bool) -> None:
+        self._require_head()  # an agent on the head dies with it: say so, do not ask Ray
         self.cluster.mark_lost(h, str(err))
         self._drop(h)
         st = self.state[i]
@@ -356,13 +358,27 @@ class _Run:
             return
         self.head_silent_since = self.head_silent_since or now
         if now - self.head_silent_since >= HEAD_LOST_AFTER_S:
-            left = sorted({self.jobs[a.job].label for a in self.inflight.values()}
-                          | {self.jobs[i].label for i in self.queue})
-            self.cancel_all()
-            raise ConnectError(
-                f"the cluster's head at {self.cluster.address} stopped answering during "
-                f"{self.policy.what} ({', '.join(left) or 'no job'} unfinished). Once it is "
-                "back, call kiln.connect() again (a restarted head is a new cluster).")
+            raise self._head_lost()
+
+    def _require_head(self) -> None:
+        """Raise ``ConnectError`` now when the head does not answer. Losing an agent, or
+        looking for agents, asks Ray's GCS (``ray.nodes()``); with the head gone that call
+        hangs until Ray ends this process (60 s), and the caller never hears why."""
+        if not _cluster.head_reachable(self.cluster.address):
+            raise self._head_lost()
+
+    def _head_lost(self) -> ConnectError:
+        left = [self.jobs[i].label for i in range(len(self.jobs)) if i not in self.results]
+        if len(left) > 8:
+            left = [*left[:8], f"... {len(left) - 8} more"]
+        self.cancel_all()
+        return ConnectError(
+            f"the cluster's head ({self.cluster.head_name()} at {self.cluster.address}) stopped "
+            f"answering during {self.policy.what} ({', '.join(left) or 'no job'} unfinished; "
+            f"{len(self.results)} of {len(self.jobs)} done). Ray ends this process about 60 s "
+            "after its head went away (RAY_gcs_rpc_server_reconnect_timeout_s), and a "
+            "restarted head is a new cluster: keep what you need now, then kiln.connect() again "
+            "from a new process once the head is back.")
 
     def cancel_all(self) -> None:
         for call, attempt in list(self.inflight.items()):

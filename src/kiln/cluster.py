@@ -293,6 +293,17 @@ class Cluster:
                         rec.state, rec.reason = "lost", "its node left the cluster"
             return self._start_agents(timeout)
 
+    def head_name(self) -> str:
+        """The kiln name of the head's node, from what Ray last said (no Ray call: the head
+        may be gone)."""
+        host = self.address.rpartition(":")[0].strip("[]")
+        with self._lock:
+            nodes = list(self._ray_nodes)
+        for rn in nodes:
+            if rn.get("NodeManagerAddress") == host:
+                return self._display_name(rn)
+        return "the head"
+
     def node_alive(self, node_id: str) -> bool:
         """Whether Ray still counts the node alive (a dead agent on a live node is a crash)."""
         return any(rn["NodeID"] == node_id and rn.get("Alive") for rn in ray.nodes())
