@@ -176,3 +176,41 @@ def test_the_gateway_outlives_its_head_and_attaches_to_the_next_one(tmp_path):
         head.kill()
         shutil.rmtree(head.root, ignore_errors=True)
         print(log.read_text()[-3000:])
+
+
+@pytest.mark.slow
+def test_a_gateway_started_from_a_notebook_attaches_again_after_a_head_restart(
+        no_cluster, tmp_path, monkeypatch):
+    from kiln.serve.server import SupervisedServer
+
+    head = Head()
+    # what the notebook's machine has after `kiln join`: the head's token (the child inherits it)
+    for key, value in head.env(RAY_TMPDIR=str(tmp_path / "gw")).items():
+        monkeypatch.setenv(key, value)
+    try:
+        head.up()
+        with SupervisedServer(address=head.address, port=0, timeout=60) as server:
+            def health() -> dict:
+                try:
+                    return httpx.get(server.url + "/healthz", timeout=5).json()
+                except httpx.HTTPError:
+                    return {}
+
+            def from_an_agent() -> bool:
+                r = httpx.post(server.url + "/infer", json={"texts": ["from an agent?"]},
+                               timeout=60)
+                return r.status_code == 200 and not r.json()["fallback"]
+
+            wait_for(lambda: health().get("agents_ready", 0) >= 1, "attached", 180)
+            wait_for(from_an_agent, "an agent answers", 120)
+            head.kill()
+            wait_for(lambda: health().get("status") == "degraded", "degraded", 30)
+            head.up()
+            # a BackgroundServer would stay degraded here until its process restarted
+            wait_for(lambda: health().get("agents_ready", 0) >= 1, "attached again", 180)
+            wait_for(from_an_agent, "an agent answers again", 120)
+            assert health()["cluster"] == "attached"
+        assert not server.process.is_alive()  # stopped with its workers
+    finally:
+        head.kill()
+        shutil.rmtree(head.root, ignore_errors=True)
