@@ -13,10 +13,13 @@ keeps serving from its fallback and tells the supervisor, which starts a fresh w
 fresh one attaches when the head listens again, and once it serves, the old one is stopped
 gracefully (it stops accepting, finishes what it has, exits). A worker that dies is replaced.
 Connections that arrive meanwhile wait in the socket's backlog; none is refused.
+
+``SupervisedServer`` starts this supervisor in a child process, for notebooks and tests.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
 import os
@@ -24,6 +27,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -237,3 +241,67 @@ def worker_main(options: ServeOptions, sock: Any, conn: Any, detached: bool) -> 
             kiln.shutdown()
         except Exception:  # leaving anyway
             pass
+
+
+class SupervisedServer:
+    """``kiln serve`` in a child process: ``url``, ``stop()``, usable as a context.
+
+    ``SupervisedServer(address="HEAD:6379", allow_no_cluster=True)`` takes ``ServeOptions``'
+    fields (or ``options=``), checked here. The child is the supervisor, which imports no Ray:
+    when the head restarts, a fresh worker attaches to the new cluster and the gateway serves
+    from its agents again, where a ``BackgroundServer`` stays degraded on its fallback.
+    Started when ``/healthz`` answers; stopped with the interpreter if not before.
+    """
+
+    def __init__(self, options: Any = None, start_timeout: float = 300.0, **fields: Any) -> None:
+        from kiln.serve.server import free_port
+
+        self.options = options if options is not None else ServeOptions(**fields)
+        if not self.options.port:
+            self.options.port = free_port(self.options.host)
+        self.options.check()
+        self.host, self.port = self.options.host, self.options.port
+        self.process = multiprocessing.get_context("spawn").Process(
+            target=serve, args=(self.options,), name="kiln-serve")
+        self.process.start()
+        atexit.register(self.stop)
+        deadline = time.monotonic() + start_timeout
+        while not self._answers():
+            if not self.process.is_alive():
+                raise GatewayError(f"the gateway on {self.url} exited ({self.process.exitcode}) "
+                                   "before it served (see the log above)")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise GatewayError(f"the gateway on {self.url} did not serve within "
+                                   f"{start_timeout} s")
+            time.sleep(0.2)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/healthz", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM to the supervisor: workers finish their requests, then everything exits."""
+        if self.process.pid is None or self.process.exitcode is not None:
+            return
+        try:
+            os.kill(self.process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        self.process.join(self.options.timeout_graceful_shutdown + 15)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+
+    def __enter__(self) -> SupervisedServer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
