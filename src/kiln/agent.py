@@ -63,9 +63,11 @@ _IMPORTED_AT = time.time()  # with the process's start: where a (re)start's seco
 
 def _memory_limit() -> int:
     """Bytes of resident memory past which the agent stops the user code running in it."""
-    mb = os.environ.get("KILN_AGENT_MEMORY_LIMIT_MB")
+    from kiln._settings import settings
+
+    mb = settings().agent_memory_limit_mb
     if mb:
-        return int(float(mb) * 2**20)
+        return int(mb * 2**20)
     import psutil
 
     return int(0.8 * psutil.virtual_memory().total)

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from kiln._settings import settings
 from kiln.embeddings import is_retryable
 from kiln.errors import AgentLostError, DeadlineExceededError, GatewayError, NoAgentsError
 from kiln.serve.attach import ClusterLink
@@ -62,7 +63,7 @@ class QueueFull(GatewayError):
 
 # Requests for one agent share a cluster call (serve/coalesce.py); KILN_GATEWAY_COALESCE=0 turns
 # it off (each request its own call), for comparison.
-COALESCE = os.environ.get("KILN_GATEWAY_COALESCE", "1") != "0"
+COALESCE = settings().gateway_coalesce
 
 
 class _Coalesced:
