@@ -105,7 +105,7 @@ def test_a_restarted_agent_makes_its_capabilities_states_again_before_any_job(em
             return None
         return info if info["pid"] != before["pid"] else None
 
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # generous: the re-imports take ~15 s on an idle 2-core machine
     while time.monotonic() < deadline:
         info = restarted()
         if info is not None and "rewarm_s" in info["startup"]:

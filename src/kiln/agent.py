@@ -427,6 +427,8 @@ class Agent:
                        "jobs_stopped": self.memory_stops},
             "capabilities": sorted(self._states),
             "startup": dict(self.startup),
+            # a restarted agent re-imports in the background: its memory is still growing
+            "rewarming": bool(self.rewarm) and "rewarm_s" not in self.startup,
         }
         if self.refusal is None:
             out.update(_device_memory(self.device))
