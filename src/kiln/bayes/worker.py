@@ -50,7 +50,9 @@ def _persistent_compilation_cache() -> None:
     import jax
 
     if not jax.config.jax_compilation_cache_dir:
-        path = os.environ.get("KILN_JAX_CACHE", os.path.expanduser("~/.cache/kiln/jax"))
+        from kiln._settings import settings
+
+        path = str(settings().jax_cache)
         try:
             os.makedirs(path, exist_ok=True)
             jax.config.update("jax_compilation_cache_dir", path)
