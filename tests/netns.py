@@ -322,6 +322,7 @@ class Driver:
             env=hosts.env("h4"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=open(hosts.root / "h4" / "driver.log", "ab"), text=True)  # noqa: SIM115
         hosts._procs.append(self.proc)
+        self._pending = b""
         ready = self.recv(timeout=300)
         assert ready.get("ready"), ready
 
@@ -329,24 +330,41 @@ class Driver:
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
 
-    def recv(self, timeout: float = 300) -> dict:
-        import selectors
-
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
+    def recv(self, timeout: float = 300, do: str | None = None) -> dict:
+        """The driver's next answer (to the command ``do``, when given: a late answer to an
+        earlier question that timed out is skipped, not taken for this one's)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if sel.select(timeout=1):
-                line = self.proc.stdout.readline()
-                if not line:
-                    raise AssertionError(f"the driver exited ({self.proc.poll()})")
-                if line.startswith("{"):
+        while True:
+            reply = self._recv_one(max(0.0, deadline - time.monotonic()))
+            if do is None or reply.get("do") in (None, do):
+                return reply
+
+    def _recv_one(self, timeout: float) -> dict:
+        # The pipe is read here, a line at a time from our own buffer: select() on the pipe says
+        # nothing of lines already read into a Python buffer, so two answers arriving together
+        # must not leave the second one unseen there.
+        import os
+        import select
+
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self._pending:
+                line, self._pending = self._pending.split(b"\n", 1)
+                if line.startswith(b"{"):
                     return json.loads(line)
-        raise AssertionError(f"the driver did not answer within {timeout} s")
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"the driver did not answer within {timeout:.0f} s")
+            ready, _, _ = select.select([fd], [], [], 1)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise AssertionError(f"the driver exited ({self.proc.poll()})")
+                self._pending += chunk
 
     def ask(self, timeout: float = 300, **cmd: object) -> dict:
         self.send(**cmd)
-        return self.recv(timeout)
+        return self.recv(timeout, do=str(cmd["do"]))
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -472,7 +490,9 @@ def _typed(reply: dict, node: str) -> bool:
 def _detected(driver: Driver, node: str, since: float, wait: float = 20) -> float | None:
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        events = driver.ask(do="events", timeout=30)["events"]
+        # generous: under load the driver once took over 30 s to answer (a stall not yet
+        # explained; `kill -USR1` on the driver dumps its threads)
+        events = driver.ask(do="events", timeout=120)["events"]
         dead = [t for t, name, what in events if name == node and what == "dead" and t >= since]
         if dead:
             return dead[0] - since
@@ -512,7 +532,7 @@ def link_down_mid_sample(hosts: Hosts, cluster: NetnsCluster, driver: Driver, se
     time.sleep(after)
     t_fault = time.time()
     hosts.link(host, up=False)
-    reply = driver.recv(timeout=400)
+    reply = driver.recv(timeout=400, do=str(cmd["do"]))
     r.call_s = reply["t1"] - reply["t0"]
     if reply["ok"]:
         r.returned = len(reply["chains"])
@@ -560,7 +580,7 @@ def link_down_mid_map(hosts: Hosts, cluster: NetnsCluster, driver: Driver, n: in
     time.sleep(after)
     t_fault = time.time()
     hosts.link(host, up=False)
-    reply = driver.recv(timeout=300)
+    reply = driver.recv(timeout=300, do="map")
     r.call_s = reply["t1"] - reply["t0"]
     _map_round(r, reply, n, node, t_fault)
     r.detect_s = _detected(driver, node, t_fault)
@@ -580,7 +600,7 @@ def agent_killed_mid_map(hosts: Hosts, cluster: NetnsCluster, driver: Driver, n:
     t_fault = time.time()
     for proc in agents:
         proc.kill()
-    reply = driver.recv(timeout=300)
+    reply = driver.recv(timeout=300, do="map")
     r.call_s = reply["t1"] - reply["t0"]
     _map_round(r, reply, n, node, t_fault)
     if not agents:
@@ -701,7 +721,7 @@ def head_restart(hosts: Hosts, cluster: NetnsCluster, driver: Driver, n: int = 3
     t_fault = time.time()
     hosts.kill("h1")
     try:
-        reply = driver.recv(timeout=150)
+        reply = driver.recv(timeout=150, do="map")
         _map_round(r, reply, n, "head1", t_fault)
     except AssertionError as err:  # the driver died or hung: everything in flight is lost
         r.lost, r.note = n, f"driver: {err}"
