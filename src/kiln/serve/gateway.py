@@ -61,11 +61,6 @@ class QueueFull(GatewayError):
     """Too many requests in flight."""
 
 
-# Requests for one agent share a cluster call (serve/coalesce.py); KILN_GATEWAY_COALESCE=0 turns
-# it off (each request its own call), for comparison.
-COALESCE = settings().gateway_coalesce
-
-
 class _Coalesced:
     """An attempt riding the coalescer, shaped like a Call: awaitable, cancellable."""
 
@@ -116,7 +111,10 @@ class Gateway:
         self.link = link
         self.strategy = strategy
         self.metrics = metrics
-        self.coalescer: Coalescer | None = Coalescer() if COALESCE else None
+        # Requests for one agent share a cluster call (serve/coalesce.py); KILN_GATEWAY_COALESCE=0
+        # (read when the gateway is made, not when its module is imported) gives each its own.
+        self.coalescer: Coalescer | None = (Coalescer() if settings().gateway_coalesce
+                                            else None)
         self.timeout = timeout
         self.retries = retries
         self.fallback = fallback
