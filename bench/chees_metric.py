@@ -92,7 +92,7 @@ def headline(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def models() -> dict[str, tuple[Any, int, int, float]]:
-    from kiln.bayes.examples import seed_001
+    from kiln.bayes._examples import seed_001
     from tests.posteriordb import models as pdb
     from tests.posteriordb import reference
 
@@ -103,7 +103,7 @@ def models() -> dict[str, tuple[Any, int, int, float]]:
 
 def measure_kiln(model: dict, chains: int, warmup: int, draws: int, target: float,
                  repeats: int, plat: str) -> dict[str, Any]:
-    from kiln.bayes import engine
+    from kiln.bayes import _engine as engine
     from tests.posteriordb import reference
 
     cache = engine.ProgramCache()
@@ -138,7 +138,7 @@ def numpyro_model(name: str) -> tuple[Any, tuple]:
     import numpyro
     import numpyro.distributions as dist
 
-    from kiln.bayes.examples import SEED_001_OBSERVATIONS
+    from kiln.bayes._examples import SEED_001_OBSERVATIONS
 
     if name == "seed001":
         def seed(y):

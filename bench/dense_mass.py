@@ -68,7 +68,7 @@ MODELS = {"kidiq": kidiq_interaction, "diamonds": diamonds_standin}
 def measure(model: Any, mass_matrix: str, chains: int, warmup: int, draws: int) -> dict[str, Any]:
     import arviz as az
 
-    from kiln.bayes import engine
+    from kiln.bayes import _engine as engine
 
     cache = engine.ProgramCache()
     d = model.to_dict()

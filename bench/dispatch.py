@@ -77,8 +77,8 @@ def main() -> None:
                     args.warm_repeats)
 
     # ... against the same BlackJAX run in this process (kiln's engine, no Ray in between)
-    from kiln.bayes import engine
-    from kiln.bayes.shorthand import spec_to_model
+    from kiln.bayes import _engine as engine
+    from kiln.bayes._shorthand import spec_to_model
 
     model = spec_to_model(SPEC).to_dict()
     cache = engine.ProgramCache()

@@ -175,8 +175,8 @@ def raw_st(path: str, device: str, texts: Texts, a: argparse.Namespace) -> dict[
 
 
 def encoder(device: str, texts: Texts, a: argparse.Namespace) -> dict[str, Any]:
-    from kiln.embeddings.encoder import Encoder
-    from kiln.embeddings.models import resolve
+    from kiln.embeddings._encoder import Encoder
+    from kiln.embeddings._models import resolve
 
     enc, c = cold(lambda: Encoder(resolve("default"), device), lambda e, t: e.encode(t),
                   texts, device)
@@ -474,7 +474,7 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     import kiln
-    from kiln.embeddings.models import resolve
+    from kiln.embeddings._models import resolve
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     a.procs = a.procs or (4 if device == "cuda" else 1)

@@ -28,9 +28,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from kiln.embeddings.batcher import Batcher  # noqa: E402
-from kiln.embeddings.encoder import Encoder  # noqa: E402
-from kiln.embeddings.models import resolve  # noqa: E402
+from kiln.embeddings._batcher import Batcher  # noqa: E402
+from kiln.embeddings._encoder import Encoder  # noqa: E402
+from kiln.embeddings._models import resolve  # noqa: E402
 
 
 class Texts:

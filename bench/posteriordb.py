@@ -6,11 +6,11 @@
 For each posterior of `tests/posteriordb` (the kiln model written from posteriordb's Stan
 program), in one process on one machine:
 
-  - kiln: `kiln.bayes.engine.run` in-process (BlackJAX NUTS, the whole run one jitted
+  - kiln: `kiln.bayes._engine.run` in-process (BlackJAX NUTS, the whole run one jitted
     program), one untimed run to compile, then --repeats timed runs with new seeds
     (one timed run where the untimed one took over --slow-s seconds: the table says so);
   - NumPyro: `MCMC(NUTS(model))` over the *same* NumPyro model function kiln compiles
-    the IR to (`kiln.bayes.compile.numpyro_model`), so both sample the same density;
+    the IR to (`kiln.bayes._compile.numpyro_model`), so both sample the same density;
     `jit_model_args=True`, chains vectorized like kiln's (--chain-method parallel needs
     XLA_FLAGS=--xla_force_host_platform_device_count=4), one untimed run, then --repeats
     timed `.run()` calls of the same MCMC.
@@ -46,8 +46,8 @@ import numpy as np  # noqa: E402
 from posteriordb import models, reference  # noqa: E402
 from posteriordb.test_posteriordb import ALL  # noqa: E402
 
-from kiln.bayes import engine  # noqa: E402
-from kiln.bayes.compile import numpyro_model, split_constants  # noqa: E402
+from kiln.bayes import _engine as engine  # noqa: E402
+from kiln.bayes._compile import numpyro_model, split_constants  # noqa: E402
 
 ESS_TRUSTED = 100     # a min-ESS below this marks the ratio: a chain was stuck
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from kiln.bayes.examples import SEED_001_OBSERVATIONS, seed_001  # noqa: E402
+from kiln.bayes._examples import SEED_001_OBSERVATIONS, seed_001  # noqa: E402
 
 SEED_Y = np.array(SEED_001_OBSERVATIONS)
 WARMUP, DRAWS = 500, 1000
@@ -84,7 +84,7 @@ def bench_kiln(chains: int, repeats: int, method: str, device: str) -> dict[str,
 
 
 def bench_engine(chains: int, repeats: int, method: str, device: str, plat: str) -> dict[str, Any]:
-    from kiln.bayes import engine
+    from kiln.bayes import _engine as engine
 
     model = seed_model().to_dict()
     cache = engine.ProgramCache()
@@ -181,8 +181,8 @@ def main() -> None:
 
     import jax
 
-    import kiln.bayes.engine  # noqa: F401 - float64, as on the agents
-    from kiln.bayes.engine import GPU_MIN_CHAINS
+    import kiln.bayes._engine  # noqa: F401 - float64, as on the agents
+    from kiln.bayes._engine import GPU_MIN_CHAINS
 
     gpu = has_gpu()
     plat = "gpu" if gpu else "cpu"

@@ -38,7 +38,7 @@ def measure(n: int) -> dict:
     from ray.cluster_utils import Cluster
 
     import kiln
-    from kiln.bayes.examples import seed_001
+    from kiln.bayes._examples import seed_001
     from kiln.cluster import NODE_RESOURCE
 
     out: dict = {"nodes": n}

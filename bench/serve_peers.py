@@ -433,7 +433,7 @@ def main() -> None:
     import torch
 
     sys.path.insert(0, str(REPO / "src"))
-    from kiln.embeddings.models import resolve
+    from kiln.embeddings._models import resolve
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model_path = str(Path(args.model).resolve()) if args.model else resolve("default").path

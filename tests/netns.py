@@ -382,7 +382,7 @@ def _driver_main(address_: str) -> None:  # pragma: no cover - runs on h4
     import ray
 
     import kiln
-    from kiln.bayes.examples import seed_001
+    from kiln.bayes._examples import seed_001
     from kiln.cluster import current
 
     kiln.connect(address_)

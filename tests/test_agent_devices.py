@@ -1,6 +1,6 @@
 """Agents per GPU: names a user reads, and the device each agent's own process uses."""
 
-from kiln.agent import agent_name, local_device
+from kiln._agent import agent_name, local_device
 
 
 def test_each_gpu_of_a_node_has_its_own_agent_name():

@@ -8,8 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from kiln.bayes import HalfNormal, Model, Normal, StudentT, engine
-from kiln.bayes.examples import seed_001
+from kiln.bayes import HalfNormal, Model, Normal, StudentT
+from kiln.bayes import _engine as engine
+from kiln.bayes._examples import seed_001
 from kiln.errors import CancelledError
 
 # long enough that, unstopped, it would run for tens of seconds

@@ -7,8 +7,9 @@ from __future__ import annotations
 import arviz as az
 import numpy as np
 
-from kiln.bayes import _chees, engine
-from kiln.bayes.examples import check_seed_001, seed_001
+from kiln.bayes import _chees
+from kiln.bayes import _engine as engine
+from kiln.bayes._examples import check_seed_001, seed_001
 from tests.posteriordb import models, reference
 
 EIGHT = "eight_schools-eight_schools_noncentered"

@@ -12,8 +12,9 @@ import math
 import arviz as az
 import numpy as np
 
-from kiln.bayes import Beta, Binomial, Gamma, Model, Normal, Poisson, engine
-from kiln.bayes.examples import check_seed_001, seed_001
+from kiln.bayes import Beta, Binomial, Gamma, Model, Normal, Poisson
+from kiln.bayes import _engine as engine
+from kiln.bayes._examples import check_seed_001, seed_001
 
 RUN = {"warmup": 500, "draws": 1000}
 
@@ -55,7 +56,7 @@ def test_gamma_poisson():
 
 
 def test_the_seed_001_demo_matches_its_posterior_by_quadrature():
-    # the truth is computed without the sampler (kiln.bayes.examples: a fine grid); a
+    # the truth is computed without the sampler (kiln.bayes._examples: a fine grid); a
     # HalfNormal without its log-Jacobian gives E[sigma] = 0.3305 against 0.3545 and fails here
     r = engine.run(seed_001().to_dict(), 4, seed=1, **RUN)
     check_seed_001(r["samples"], min_ess=800)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-import kiln.bayes.engine  # noqa: F401 - float64, as on the agent
+import kiln.bayes._engine  # noqa: F401 - float64, as on the agent
 from kiln.bayes import _adapt
 
 N = 200

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from posteriordb import models, reference
 
-from kiln.bayes import engine
+from kiln.bayes import _engine as engine
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "model-language.md"
 

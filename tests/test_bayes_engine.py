@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kiln.bayes import Custom, HalfNormal, Model, Normal, engine
-from kiln.bayes.examples import check_seed_001
+from kiln.bayes import Custom, HalfNormal, Model, Normal
+from kiln.bayes import _engine as engine
+from kiln.bayes._examples import check_seed_001
 from kiln.errors import SpecError
 
 SEED_Y = [2.1, 2.5, 1.8, 2.3, 2.7, 1.9, 2.4, 2.2, 2.6, 2.0]

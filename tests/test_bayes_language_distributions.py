@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import kiln.bayes.engine  # noqa: F401 - switches jax to float64, as in the agent
+import kiln.bayes._engine  # noqa: F401 - switches jax to float64, as in the agent
 from kiln.bayes import (
     Categorical,
     Flat,
@@ -41,7 +41,7 @@ from kiln.bayes import (
     ZeroInflatedPoisson,
     ref,
 )
-from kiln.bayes.compile import compile_model, split_constants
+from kiln.bayes._compile import compile_model, split_constants
 from kiln.errors import DomainError, ModelTypeError, ShapeError
 
 L_COV = np.linalg.cholesky(np.array([[2.0, 0.3], [0.3, 1.0]]))

@@ -9,7 +9,7 @@ import pytest
 import scipy.linalg
 import scipy.special
 
-import kiln.bayes.engine  # noqa: F401 - float64, as on the agent
+import kiln.bayes._engine  # noqa: F401 - float64, as on the agent
 from kiln.bayes import (
     Flat,
     Model,
@@ -53,8 +53,8 @@ from kiln.bayes import (
     where,
 )
 from kiln.bayes import sum as ksum
-from kiln.bayes.compile import compile_model, split_constants
-from kiln.bayes.validate import validate
+from kiln.bayes._compile import compile_model, split_constants
+from kiln.bayes._validate import validate
 from kiln.errors import ModelTypeError, ShapeError
 
 RNG = np.random.default_rng(7)

@@ -16,9 +16,9 @@ from scipy import stats
 
 import kiln.bayes as kb
 from kiln.bayes import Flat, HalfStudentT, Model, ModelWarning, Normal, StudentT, ref
+from kiln.bayes._compile import split_constants
 from kiln.bayes._dist import REGISTRY, Distribution, DistSpec, p
-from kiln.bayes.compile import split_constants
-from kiln.bayes.expr import OPS
+from kiln.bayes._expr import OPS
 from kiln.errors import ModelError
 
 V = np.array([0.2, 0.5, 0.3])
@@ -201,8 +201,8 @@ def gumbel():
 
 
 def test_a_new_distribution_is_one_class_with_its_spec(gumbel):
-    import kiln.bayes.engine  # noqa: F401 - float64
-    from kiln.bayes.compile import compile_model
+    import kiln.bayes._engine  # noqa: F401 - float64
+    from kiln.bayes._compile import compile_model
     from kiln.errors import DomainError
 
     m = Model().rv("x", gumbel(0.5, 2.0)).rv("y", gumbel("x", 1.0)).obs("o", "y", [0.3, 1.7])

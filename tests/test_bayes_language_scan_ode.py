@@ -10,7 +10,7 @@ from scipy import stats
 from scipy.integrate import solve_ivp
 from scipy.special import logsumexp as np_logsumexp
 
-import kiln.bayes.engine  # noqa: F401 - float64, as on the agent
+import kiln.bayes._engine  # noqa: F401 - float64, as on the agent
 from kiln.bayes import (
     Expr,
     Flat,
@@ -25,8 +25,8 @@ from kiln.bayes import (
     stack,
     where,
 )
-from kiln.bayes.compile import compile_model, split_constants
-from kiln.bayes.validate import validate
+from kiln.bayes._compile import compile_model, split_constants
+from kiln.bayes._validate import validate
 from kiln.errors import ModelTypeError, ShapeError
 
 Y = np.random.default_rng(3).normal(size=12)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import kiln.bayes.engine  # noqa: F401 - switches jax to float64, as in the agent
+import kiln.bayes._engine  # noqa: F401 - switches jax to float64, as in the agent
 from kiln.bayes import (
     Bernoulli,
     Beta,
@@ -46,7 +46,7 @@ from kiln.bayes import (
     Uniform,
     Weibull,
 )
-from kiln.bayes.compile import compile_model, split_constants
+from kiln.bayes._compile import compile_model, split_constants
 
 COV = np.array([[2.0, 0.3, 0.1], [0.3, 1.0, -0.2], [0.1, -0.2, 0.5]])
 

@@ -34,8 +34,8 @@ from kiln.bayes import (
     ref,
 )
 from kiln.bayes import sum as ksum
-from kiln.bayes.examples import SEED_001_OBSERVATIONS, seed_001
-from kiln.bayes.validate import validate
+from kiln.bayes._examples import SEED_001_OBSERVATIONS, seed_001
+from kiln.bayes._validate import validate
 from kiln.errors import (
     CycleError,
     DataError,

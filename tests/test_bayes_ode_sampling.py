@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from kiln.bayes import LogNormal, Model, Normal, engine, ode, ref, sqrt
+from kiln.bayes import LogNormal, Model, Normal, ode, ref, sqrt
+from kiln.bayes import _engine as engine
 
 TS = np.linspace(0.25, 1.5, 6)
 NOISE = 0.02

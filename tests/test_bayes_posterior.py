@@ -11,13 +11,13 @@ import pytest  # noqa: E402
 
 from kiln.bayes import (  # noqa: E402
     Posterior,
-    engine,
     load,
     posterior_predictive,
     prior_predictive,
 )
-from kiln.bayes.examples import SEED_001_OBSERVATIONS, seed_001, seed_001_posterior_means
-from kiln.bayes.posterior import from_result  # noqa: E402
+from kiln.bayes import _engine as engine  # noqa: E402
+from kiln.bayes._examples import SEED_001_OBSERVATIONS, seed_001, seed_001_posterior_means
+from kiln.bayes._posterior import from_result  # noqa: E402
 from kiln.errors import SpecError
 
 SEED_Y = list(SEED_001_OBSERVATIONS)

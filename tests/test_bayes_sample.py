@@ -13,7 +13,7 @@ import pytest
 
 import kiln
 from kiln.bayes import Custom, Model, Normal, StudentT
-from kiln.bayes.examples import SEED_001_OBSERVATIONS, check_seed_001, seed_001
+from kiln.bayes._examples import SEED_001_OBSERVATIONS, check_seed_001, seed_001
 from kiln.errors import CallTimeoutError, SpecError, UnknownReferenceError
 
 SEED_Y = list(SEED_001_OBSERVATIONS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kiln.bayes import Model, spec_to_model
-from kiln.bayes.shorthand import known
+from kiln.bayes._shorthand import known
 from kiln.errors import SpecError
 
 

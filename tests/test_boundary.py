@@ -1,4 +1,4 @@
-"""kiln.boundary: what may cross between driver and agent (seed 000's fix 5)."""
+"""kiln._boundary: what may cross between driver and agent (seed 000's fix 5)."""
 
 import io
 import threading
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kiln.boundary import to_wire
+from kiln._boundary import to_wire
 from kiln.errors import BoundaryError
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import psutil
 import pytest
 
-from kiln.bayes.examples import seed_001_posterior_means
+from kiln.bayes._examples import seed_001_posterior_means
 
 BIN = Path(sys.executable).parent
 KILN = str(BIN / "kiln")
@@ -199,8 +199,8 @@ def test_a_bad_node_name_is_refused_with_a_clear_message(command, name):
 def test_report_tables_print_names_and_reasons_with_brackets_as_they_are():
     from rich.console import Console
 
+    from kiln._report import checks_table, nodes_table
     from kiln.cluster import AgentRecord, Node
-    from kiln.report import checks_table, nodes_table
 
     reason = "failed to start: see [/tmp/kiln] and [bold]x"
     agent = AgentRecord(name="kiln-agent:[n]:cpu", node="[n]", device="cpu", state="refused",

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 
 import kiln
-from kiln.serve.coalesce import Coalescer
+from kiln.serve._coalesce import Coalescer
 
 
 def test_concurrent_requests_share_calls_and_each_gets_its_own_rows(embedded):

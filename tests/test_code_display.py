@@ -1,11 +1,12 @@
-"""kiln.display: the HTML that notebooks show for clusters, dispatches and posteriors."""
+"""kiln._display: the HTML that notebooks show for clusters, dispatches and posteriors."""
 
 import arviz as az
 import numpy as np
 
-from kiln import DispatchResult, display
+from kiln import DispatchResult
+from kiln import _display as display
 from kiln.cluster import AgentRecord, Node
-from kiln.code.introspect import NodeReport, ObjectReport
+from kiln.code._introspect import NodeReport, ObjectReport
 
 
 def _node(name, state="ready", reason="", gpus=()):

@@ -10,7 +10,7 @@ from IPython.core.completer import provisionalcompleter
 from IPython.core.interactiveshell import InteractiveShell
 
 import kiln
-from kiln.code import ipython as kiln_ipython
+from kiln.code import _ipython as kiln_ipython
 from kiln.errors import UnknownNodeError
 
 NODE = "local"

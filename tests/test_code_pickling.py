@@ -1,4 +1,4 @@
-"""kiln.code.pickling: what ships by value, by reference, and what cannot cross (no cluster)."""
+"""kiln.code._pickling: what ships by value, by reference, and what cannot cross (no cluster)."""
 
 import importlib
 import pickle
@@ -11,7 +11,7 @@ import cloudpickle
 import numpy as np
 import pytest
 
-from kiln.code import pickling
+from kiln.code import _pickling as pickling
 from kiln.errors import BoundaryError
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from kiln._protocol import AgentContext
-from kiln.code import pickling, worker
+from kiln.code import _pickling as pickling
+from kiln.code import _worker as worker
 
 CTX = AgentContext("kiln-agent:n1:cpu", "n1", "cpu")
 

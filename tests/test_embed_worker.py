@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from kiln.agent import AgentContext
-from kiln.embeddings import worker
+from kiln._agent import AgentContext
+from kiln.embeddings import _worker as worker
 from kiln.errors import EmbedInputError, ModelNotAvailableError
 
 TEXTS = ["a cluster of GPUs", "one API", "the cluster is the API", "a cluster of GPUs"]

@@ -181,7 +181,7 @@ def test_the_gateway_outlives_its_head_and_attaches_to_the_next_one(tmp_path):
 @pytest.mark.slow
 def test_a_gateway_started_from_a_notebook_attaches_again_after_a_head_restart(
         no_cluster, tmp_path, monkeypatch):
-    from kiln.serve.supervisor import SupervisedServer
+    from kiln.serve._supervisor import SupervisedServer
 
     head = Head()
     # what the notebook's machine has after `kiln join`: the head's token (the child inherits it)

@@ -12,9 +12,9 @@ import httpx
 import numpy as np
 import pytest
 
-from kiln.serve.app import create_app
-from kiln.serve.gateway import Limits
-from kiln.serve.server import BackgroundServer
+from kiln.serve._app import create_app
+from kiln.serve._gateway import Limits
+from kiln.serve._server import BackgroundServer
 
 KEY = "s3cret-key"
 
@@ -165,7 +165,7 @@ def test_the_openai_client_lists_models_and_embeds_text_and_token_ids(server):
     import openai
     from transformers import AutoTokenizer
 
-    from kiln.embeddings.models import resolve
+    from kiln.embeddings._models import resolve
 
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
     assert [m.id for m in client.models.list()] == ["default", "large", "multilingual"]

@@ -12,8 +12,8 @@ import time
 import httpx
 import pytest
 
-from kiln.serve.app import create_app
-from kiln.serve.server import BackgroundServer
+from kiln.serve._app import create_app
+from kiln.serve._server import BackgroundServer
 
 
 def metric(client: httpx.Client, name: str) -> float:

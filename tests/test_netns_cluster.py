@@ -15,7 +15,7 @@ import time
 import pytest
 from netns import KILN, address, show
 
-from kiln.bayes.examples import seed_001_posterior_means
+from kiln.bayes._examples import seed_001_posterior_means
 
 pytestmark = [pytest.mark.slow, pytest.mark.multinode, pytest.mark.timeout(900)]
 
@@ -128,7 +128,7 @@ def test_nothing_listens_on_an_address_it_should_not(netns_cluster):
 
 def test_sample_embed_call_and_map_from_the_driver_host(netns_cluster):
     out = netns_cluster.driver(f"""
-from kiln.bayes.examples import seed_001
+from kiln.bayes._examples import seed_001
 kiln.connect(ADDRESS)
 COMPUTE = ["head1", "gpu2", "gpu3"]
 {IP_OF_THIS_HOST}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from nbclient import NotebookClient
 
-from kiln.bayes.examples import seed_001_posterior_means
+from kiln.bayes._examples import seed_001_posterior_means
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 OBSERVATIONS = np.array([2.1, 2.5, 1.8, 2.3, 2.7, 1.9, 2.4, 2.2, 2.6, 2.0])

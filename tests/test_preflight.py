@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import kiln
-from kiln import preflight
+from kiln import _preflight as preflight
 from kiln.errors import NoAgentsError, UnknownNodeError
 
 
@@ -27,8 +27,8 @@ def test_gpu_only_keys_are_compared_only_when_both_sides_have_them():
 
 
 def _source_hash_of(copy: Path) -> str:
-    # preflight.py loaded from the copy hashes the copy: the tree its own file sits in
-    spec = importlib.util.spec_from_file_location("kiln_copy_preflight", copy / "preflight.py")
+    # _preflight.py loaded from the copy hashes the copy: the tree its own file sits in
+    spec = importlib.util.spec_from_file_location("kiln_copy_preflight", copy / "_preflight.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.source_hash()
@@ -40,7 +40,7 @@ def test_the_source_hash_changes_with_kiln_source(tmp_path):
                     ignore=shutil.ignore_patterns("__pycache__"))
     before = _source_hash_of(copy)
     assert len(before) == 16 and before == preflight.source_hash()   # same code, same hash
-    engine = copy / "bayes" / "engine.py"
+    engine = copy / "bayes" / "_engine.py"
     engine.write_text(engine.read_text() + "\n# one more line\n")
     after = _source_hash_of(copy)
     assert after != before

@@ -7,8 +7,8 @@ import httpx
 import numpy as np
 from sentence_transformers import SentenceTransformer
 
-from kiln.serve.app import create_app
-from kiln.serve.server import BackgroundServer
+from kiln.serve._app import create_app
+from kiln.serve._server import BackgroundServer
 
 
 def test_no_agents_means_local_fallback_counted(no_cluster):

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from kiln.serve.app import create_app
-from kiln.serve.gateway import Limits
-from kiln.serve.server import BackgroundServer
+from kiln.serve._app import create_app
+from kiln.serve._gateway import Limits
+from kiln.serve._server import BackgroundServer
 
 TEXTS = ["a cluster of GPUs", "one API", "the cluster is the API"]
 

@@ -7,9 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from kiln.serve.app import create_app
-from kiln.serve.gateway import Limits
-from kiln.serve.server import BackgroundServer
+from kiln.serve._app import create_app
+from kiln.serve._gateway import Limits
+from kiln.serve._server import BackgroundServer
 
 
 def fuzz(operation, mode: GenerationMode, url: str, seen: list[tuple[str, int]]) -> None:

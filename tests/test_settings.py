@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from kiln._settings import Settings, rows, settings, variable
-from kiln.embeddings import models, worker
+from kiln.embeddings import _models as models
+from kiln.embeddings import _worker as worker
 from kiln.errors import SettingsError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +25,7 @@ def test_every_kiln_variable_the_code_reads_is_declared_in_the_settings():
     named = set()
     for path in (ROOT / "src" / "kiln").rglob("*.py"):
         named |= set(re.findall(r"\bKILN_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
-    named -= INTERNAL | {"KILN_FUNCS"}  # kiln.code.ipython's constant, not a variable
+    named -= INTERNAL | {"KILN_FUNCS"}  # kiln.code._ipython's constant, not a variable
     assert named - declared() == set()
 
 

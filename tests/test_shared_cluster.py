@@ -21,8 +21,8 @@ import pytest
 import kiln
 from kiln.bayes import HalfNormal, Model, Normal
 from kiln.code import current_node
-from kiln.serve.app import create_app
-from kiln.serve.server import BackgroundServer
+from kiln.serve._app import create_app
+from kiln.serve._server import BackgroundServer
 
 DRIVER = """
 import sys, time

@@ -162,3 +162,32 @@ def test_no_public_name_of_kiln_is_also_one_of_its_modules():
                   if p.suffix == ".py" or (p / "__init__.py").exists()}
     clashes = sorted(n for n in kiln._LAZY if n in submodules)
     assert clashes == [], f"public names of kiln that are also its submodules: {clashes}"
+
+
+# The modules a user imports; everything else is private (its name starts with "_") and is
+# reached through its package's __init__, as httpx does.
+PUBLIC_MODULES = {"kiln", "kiln.cli", "kiln.cluster", "kiln.errors", "kiln.bayes",
+                  "kiln.embeddings", "kiln.code", "kiln.serve"}
+
+
+def test_every_module_that_is_not_api_is_private():
+    public = sorted(m for m in modules() if m not in PUBLIC_MODULES
+                    and not m.rpartition(".")[2].startswith("_"))
+    assert public == [], f"modules that are neither listed as API nor private: {public}"
+
+
+def test_no_package_exports_a_name_that_is_also_its_submodule():
+    # `from kiln.code.call import call` in kiln/code/__init__ made `kiln.code.call` the
+    # function or the module depending on import order
+    import importlib
+    import inspect
+
+    clashes = []
+    for package in ("kiln", "kiln.bayes", "kiln.embeddings", "kiln.code", "kiln.serve"):
+        mod = importlib.import_module(package)
+        folder = PACKAGE.joinpath(*package.split(".")[1:])
+        subs = {p.stem for p in folder.glob("*.py")} | {p.name for p in folder.iterdir()
+                                                        if (p / "__init__.py").exists()}
+        clashes += [f"{package}.{n}" for n in getattr(mod, "__all__", ()) if n in subs
+                    and not inspect.ismodule(getattr(mod, n))]  # kiln.errors is the module
+    assert clashes == [], f"exported names that are also submodules: {clashes}"

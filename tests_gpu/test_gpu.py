@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import kiln  # noqa: E402
-from kiln.bayes.examples import (  # noqa: E402
+from kiln.bayes._examples import (  # noqa: E402
     seed_001,
     seed_001_posterior_means,
 )
@@ -153,7 +153,7 @@ def test_gpu_arrays_cross_the_boundary_as_host_numpy(cluster):
 def test_embeddings_in_half_precision_equal_sentence_transformers_own(cluster):
     from sentence_transformers import SentenceTransformer
 
-    from kiln.embeddings.models import resolve
+    from kiln.embeddings._models import resolve
 
     texts = [f"a cluster of GPUs answers call {i}" for i in range(64)] + ["one API"]
     vecs = kiln.embed(texts)

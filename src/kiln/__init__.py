@@ -28,14 +28,14 @@ _LAZY = {
     "dispatch": ("kiln._dispatch", "dispatch"),
     "combine": ("kiln._dispatch", "combine"),
     "DispatchResult": ("kiln._dispatch", "DispatchResult"),
-    "sample": ("kiln.bayes.sample", "sample"),
-    "embed": ("kiln.embeddings.api", "embed"),
-    "call": ("kiln.code.call", "call"),
-    "map": ("kiln.code.call", "map"),
-    "remote": ("kiln.code.call", "remote"),
-    "inspect": ("kiln.code.introspect", "inspect"),
-    "remote_module": ("kiln.code.introspect", "remote_module"),
-    "load_ipython_extension": ("kiln.code.ipython", "load_ipython_extension"),
+    "sample": ("kiln.bayes._sample", "sample"),
+    "embed": ("kiln.embeddings._api", "embed"),
+    "call": ("kiln.code._call", "call"),
+    "map": ("kiln.code._call", "map"),
+    "remote": ("kiln.code._call", "remote"),
+    "inspect": ("kiln.code._introspect", "inspect"),
+    "remote_module": ("kiln.code._introspect", "remote_module"),
+    "load_ipython_extension": ("kiln.code._ipython", "load_ipython_extension"),
 }
 
 __all__ = [

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from kiln import cluster
-from kiln.bayes import options
+from kiln.bayes import _options as options
 from kiln.errors import SpecError
 
 
@@ -51,7 +51,7 @@ class DispatchResult:
                 f"on {self.node} ({self.device}) in {self.timing.get('total_s', 0):.3f} s>")
 
     def _repr_html_(self) -> str:
-        from kiln.display import dispatch_html
+        from kiln._display import dispatch_html
 
         return dispatch_html(self)
 
@@ -81,7 +81,7 @@ def dispatch(node: str, spec: dict[str, Any], *, num_warmup: int = 500, num_samp
     if not isinstance(spec, dict):
         raise SpecError("spec", f"must be a dict like {{'dist': 'normal', 'mu': 0.0, 'sigma': 1.0}}, "
                         f"got {type(spec).__name__}")
-    from kiln.bayes.shorthand import spec_to_model
+    from kiln.bayes._shorthand import spec_to_model
 
     model = spec_to_model(spec)
     agent = cluster.current().agents(on=node)[0]

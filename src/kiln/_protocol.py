@@ -31,9 +31,9 @@ from kiln.errors import CancelledError
 
 # capability -> module holding its worker (see the module docstring)
 CAPABILITIES: dict[str, str] = {
-    "bayes": "kiln.bayes.worker",
-    "embed": "kiln.embeddings.worker",
-    "code": "kiln.code.worker",
+    "bayes": "kiln.bayes._worker",
+    "embed": "kiln.embeddings._worker",
+    "code": "kiln.code._worker",
 }
 
 

@@ -212,7 +212,7 @@ def _run_demo(address: str | None, seed: int) -> dict[str, Any]:
 
 
 def _four_chains(kiln: Any, node: str, seed: int) -> dict[str, Any]:
-    from kiln.bayes.examples import seed_001
+    from kiln.bayes._examples import seed_001
 
     post = kiln.sample(seed_001(), chains=4, warmup=500, draws=1000, on=node, seed=seed, progress=False)
     summary = post.summary(round_to="none")
@@ -537,8 +537,8 @@ def _run(cmd: list[str], dry_run: bool, block: bool = False, marker: str | None 
 def status(address: Address = None, as_json: JsonOut = False) -> None:
     """Every node: name, address, state, agents, GPUs, versions."""
     import kiln
+    from kiln._report import nodes_table
     from kiln.errors import KilnError
-    from kiln.report import nodes_table
 
     try:
         cluster = _connect(address)
@@ -556,9 +556,9 @@ def status(address: Address = None, as_json: JsonOut = False) -> None:
 def doctor(address: Address = None, as_json: JsonOut = False) -> None:
     """Every agent's start-up checks, and the KILN_* settings; exits 1 if any check failed."""
     import kiln
+    from kiln._report import checks_table, settings_table
     from kiln._settings import rows
     from kiln.errors import KilnError
-    from kiln.report import checks_table, settings_table
 
     try:
         settings = rows()
@@ -641,8 +641,8 @@ def serve(host: Annotated[str, typer.Option(
     """The HTTP gateway: /infer, /infer/parallel, /v1/embeddings, /v1/models, /cluster,
     /metrics, /healthz, /readyz. See docs/gateway.md for running it in production."""
     from kiln.errors import GatewayError
-    from kiln.serve.options import ServeOptions
-    from kiln.serve.supervisor import serve as supervise
+    from kiln.serve._options import ServeOptions
+    from kiln.serve._supervisor import serve as supervise
 
     def fail(message: str) -> None:
         # One line whatever the terminal's width: an operator greps for it in a unit's log.

@@ -1,4 +1,4 @@
-"""The one place kiln meets Ray (with agent.py): connect, name nodes, start agents, call them.
+"""The one place kiln meets Ray (with _agent.py): connect, name nodes, start agents, call them.
 
 Everything else in kiln calls the interface here (``current().agents(...)``,
 ``AgentHandle.submit``, ``wait``) or the job runner built on it (``kiln._jobs``), the way httpx
@@ -32,11 +32,12 @@ import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from kiln import boundary, preflight
+from kiln import _boundary as boundary
+from kiln import _preflight as preflight
+from kiln._agent import CONCURRENCY_GROUPS, WORK_THREADS, Agent, agent_name
 from kiln._calls import Call, _when_back
 from kiln._calls import progress_of as progress_of
 from kiln._calls import wait as wait
-from kiln.agent import CONCURRENCY_GROUPS, WORK_THREADS, Agent, agent_name
 from kiln.errors import (
     ConnectError,
     NoAgentsError,
@@ -336,12 +337,12 @@ class Cluster:
 
     def status(self, console: Any = None) -> None:
         """Print the nodes as a table."""
-        from kiln.report import print_nodes
+        from kiln._report import print_nodes
 
         print_nodes(self.nodes(), console=console)
 
     def _repr_html_(self) -> str:
-        from kiln.display import cluster_html
+        from kiln._display import cluster_html
 
         return cluster_html(self.nodes())
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from kiln.bayes import engine
+from kiln.bayes import _engine as engine
 
 from . import models, reference
 

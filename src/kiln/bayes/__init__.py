@@ -17,19 +17,17 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from . import distributions as _distributions
+from . import _distributions
+from ._constraints import CONSTRAINTS
 from ._dist import REGISTRY as _REGISTRY
 from ._dist import Distribution
+from ._expr import Expr, ref
+from ._model import Model
 from ._ode import ode
-from ._scan import scan
-from ._warn import ModelWarning
-from .constraints import CONSTRAINTS
-from .expr import Expr, ref
-from .model import Model
-from .ops import (
+from ._ops import (
     abs as abs,  # noqa: A004 - numpy's name; importable, kept out of *
 )
-from .ops import (
+from ._ops import (
     cholesky,
     concatenate,
     cos,
@@ -72,23 +70,25 @@ from .ops import (
     transpose,
     where,
 )
-from .ops import (
+from ._ops import (
     max as max,  # noqa: A004
 )
-from .ops import (
+from ._ops import (
     min as min,  # noqa: A004
 )
-from .posterior import Posterior, load
-from .sample import sample  # binds the function over the submodule of the same name
-from .shorthand import spec_to_model
+from ._posterior import Posterior, load
+from ._sample import sample
+from ._scan import scan
+from ._shorthand import spec_to_model
+from ._warn import ModelWarning
 
 # every distribution class is exported under its name: declaring one in distributions.py
 # is the only place a new distribution touches
 globals().update({name: getattr(_distributions, name) for name in _REGISTRY})
 
 _LAZY = {
-    "prior_predictive": ("kiln.bayes.predictive", "prior_predictive"),
-    "posterior_predictive": ("kiln.bayes.predictive", "posterior_predictive"),
+    "prior_predictive": ("kiln.bayes._predictive", "prior_predictive"),
+    "posterior_predictive": ("kiln.bayes._predictive", "posterior_predictive"),
 }
 
 # abs, max and min are importable by name but left out of `*`, so that a star import does

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import DataError, DomainError, ModelTypeError, ShapeError
 from ._dist import REGISTRY, DistSpec, Param, dist_children, dist_params, root_spec, spec_of
-from .expr import Ctx, NodeError, const_array, infer_shape
+from ._expr import Ctx, NodeError, const_array, infer_shape
 
 
 def check_dist_node(var: str, dist: Any, prefix: str = "dist") -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import ModelTypeError
-from .expr import Expr, to_node
+from ._expr import Expr, to_node
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import ModelTypeError
-from .expr import Ctx, Expr, NodeError, Op, evaluate, infer_shape, register, to_node
+from ._expr import Ctx, Expr, NodeError, Op, evaluate, infer_shape, register, to_node
 
 METHODS = ("dopri5", "tsit5", "dopri8", "kvaerno5")
 

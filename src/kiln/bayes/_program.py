@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from . import _chees, _nuts
+from ._compile import Compiled
 from ._ode import failures_as_nan
-from .compile import Compiled
 
 
 class Settings(NamedTuple):

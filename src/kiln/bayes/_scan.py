@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ModelTypeError
-from .expr import Ctx, Expr, NodeError, Op, evaluate, infer_shape, register, to_node
+from ._expr import Ctx, Expr, NodeError, Op, evaluate, infer_shape, register, to_node
 
 
 def scan(step: Callable[[Expr, Any], Any], init: Any, xs: Any = None,

@@ -5,17 +5,17 @@ agent), ``inspect`` / ``remote_module`` look at a node from the driver, and
 ``load_ipython_extension`` makes IPython's completion ask the nodes.
 """
 
-from kiln.code.call import RemoteFunction, call, map, remote
-from kiln.code.context import current, current_node
-from kiln.code.introspect import (
+from kiln.code._call import RemoteFunction, call, map, remote
+from kiln.code._context import current, current_node
+from kiln.code._introspect import (
     NodeReport,
     ObjectReport,
     RemoteModule,
     inspect,
     remote_module,
 )
-from kiln.code.ipython import load_ipython_extension, unload_ipython_extension
-from kiln.code.pickling import ShipStats, registered_modules, shipments
+from kiln.code._ipython import load_ipython_extension, unload_ipython_extension
+from kiln.code._pickling import ShipStats, registered_modules, shipments
 
 __all__ = [
     "NodeReport",

@@ -10,8 +10,8 @@ rebinds ``kiln.embed``: that name is the function, always.
 
 from __future__ import annotations
 
-from kiln.embeddings.api import check_texts, embed, is_retryable
-from kiln.embeddings.local import LocalEncoder
-from kiln.embeddings.models import resolve, set_offline
+from kiln.embeddings._api import check_texts, embed, is_retryable
+from kiln.embeddings._local import LocalEncoder
+from kiln.embeddings._models import resolve, set_offline
 
 __all__ = ["LocalEncoder", "check_texts", "embed", "is_retryable", "resolve", "set_offline"]

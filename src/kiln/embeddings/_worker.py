@@ -16,10 +16,10 @@ import numpy as np
 
 from kiln._protocol import AgentContext, Context, Payload, Reply
 from kiln._settings import settings
-from kiln.embeddings.batcher import Batcher
-from kiln.embeddings.cache import EmbeddingCache
-from kiln.embeddings.encoder import Encoder
-from kiln.embeddings.models import resolve
+from kiln.embeddings._batcher import Batcher
+from kiln.embeddings._cache import EmbeddingCache
+from kiln.embeddings._encoder import Encoder
+from kiln.embeddings._models import resolve
 from kiln.errors import EmbedInputError
 
 OPS = ("encode",)  # the jobs an agent may run (kiln._protocol)

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelTypeError, NoAgentsError, SpecError
-from . import options
-from .compile import NUMPYRO_FORMAT
-from .distributions import pickle_fn
-from .model import Model
-from .posterior import Posterior
+from . import _options as options
+from ._compile import NUMPYRO_FORMAT
+from ._distributions import pickle_fn
+from ._model import Model
+from ._posterior import Posterior
 
 SHARED_WARMUP_CHAINS = 4     # chains that warm up in warmup_mode="shared"
 SHARED_BURN_IN = 100         # fixed-kernel steps each chain takes from its warmed-up start

@@ -24,11 +24,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kiln import __version__
 from kiln.errors import NotConnectedError
-from kiln.serve.attach import ClusterLink
-from kiln.serve.gateway import Gateway, Limits
-from kiln.serve.metrics import Metrics
-from kiln.serve.middleware import ApiError, Intake, error_response
-from kiln.serve.options import read_key
+from kiln.serve._attach import ClusterLink
+from kiln.serve._gateway import Gateway, Limits
+from kiln.serve._metrics import Metrics
+from kiln.serve._middleware import ApiError, Intake, error_response
+from kiln.serve._options import read_key
 
 _CURRENT = object()
 DEFAULT_MODELS = ("default", "large", "multilingual")
@@ -95,7 +95,9 @@ def create_app(cluster: Any = _CURRENT, *, strategy: str = "round_robin",
                        body_timeout=body_timeout)
     _errors(app)
 
-    from kiln.serve import embed_api, openai_api, ops_api
+    from kiln.serve import _embed_api as embed_api
+    from kiln.serve import _openai_api as openai_api
+    from kiln.serve import _ops_api as ops_api
 
     for module in (embed_api, openai_api, ops_api):
         app.include_router(module.router)

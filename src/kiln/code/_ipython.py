@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kiln._caching import Cache
-from kiln.code.introspect import RemoteModule
+from kiln.code._introspect import RemoteModule
 
 log = logging.getLogger("kiln")
 
@@ -69,8 +69,8 @@ def remote_names(node: str, dotted: str) -> list[str]:
     """Full dotted names one level below ``dotted`` on ``node`` (top-level modules for "")."""
     def compute() -> list[str]:
         from kiln import cluster
-        from kiln.code.call import agents_for
-        from kiln.code.introspect import inspect
+        from kiln.code._call import agents_for
+        from kiln.code._introspect import inspect
 
         if not dotted:
             h = agents_for(cluster.current(), node)[0]

@@ -18,9 +18,9 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from kiln.serve.embed_api import KEYED, check, json_response, run, served
-from kiln.serve.middleware import ApiError
-from kiln.serve.schemas import (
+from kiln.serve._embed_api import KEYED, check, json_response, run, served
+from kiln.serve._middleware import ApiError
+from kiln.serve._schemas import (
     EmbeddingsRequest,
     EmbeddingsResponse,
     ModelList,

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelTypeError, SpecError
-from .compile import NUMPYRO_FORMAT, numpyro_model, split_constants
-from .model import Model
-from .posterior import Posterior
+from ._compile import NUMPYRO_FORMAT, numpyro_model, split_constants
+from ._model import Model
+from ._posterior import Posterior
 
 
 def _numpyro(model: Model | Any, data: dict[str, Any] | None) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:

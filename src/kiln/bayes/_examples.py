@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .distributions import HalfNormal, Normal
-from .model import Model
+from ._distributions import HalfNormal, Normal
+from ._model import Model
 
 SEED_001_OBSERVATIONS = (2.1, 2.5, 1.8, 2.3, 2.7, 1.9, 2.4, 2.2, 2.6, 2.0)
 

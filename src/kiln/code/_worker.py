@@ -30,7 +30,9 @@ import cloudpickle
 from kiln import errors
 from kiln._caching import Cache
 from kiln._protocol import AgentContext, Context, Payload, Reply
-from kiln.code import context, introspect, pickling
+from kiln.code import _context as context
+from kiln.code import _introspect as introspect
+from kiln.code import _pickling as pickling
 
 log = logging.getLogger("kiln")
 

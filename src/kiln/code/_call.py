@@ -2,8 +2,8 @@
 
 Every path here goes through the cluster seam (``kiln.cluster``): agents are found with
 ``Cluster.agents``, and work is sent with ``AgentHandle.invoke/submit`` to the ``code``
-capability (``kiln.code.worker``). Code ships once per agent (see ``pickling.Ledger``);
-arguments cross ``kiln.boundary`` before anything is sent.
+capability (``kiln.code._worker``). Code ships once per agent (see ``pickling.Ledger``);
+arguments cross ``kiln._boundary`` before anything is sent.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar, overload
 
 from kiln import _jobs
 from kiln import cluster as _cluster
-from kiln.code.pickling import CodeBlob, ledger, pack_call, pack_code, pack_item, unpack
+from kiln.code._pickling import CodeBlob, ledger, pack_call, pack_code, pack_item, unpack
 from kiln.errors import AgentLostError, BoundaryError, NoAgentsError, RemoteError
 
 log = logging.getLogger("kiln")

@@ -15,7 +15,7 @@ then the fallback), 3x the work, and answered after 158 s.
 Long: routing, failover, deadlines, fallback and status are one request's path through the
 gateway; split, each part would reach into the others' state.
 
-The cluster itself is watched by ``kiln.serve.attach.ClusterLink`` (attached, lost, detached);
+The cluster itself is watched by ``kiln.serve._attach.ClusterLink`` (attached, lost, detached);
 while it is not attached, requests go to the fallback without touching Ray.
 """
 
@@ -35,10 +35,10 @@ import numpy as np
 from kiln._settings import settings
 from kiln.embeddings import is_retryable
 from kiln.errors import AgentLostError, DeadlineExceededError, GatewayError, NoAgentsError
-from kiln.serve.attach import ClusterLink
-from kiln.serve.coalesce import Coalescer
-from kiln.serve.metrics import Metrics
-from kiln.serve.routing import STRATEGIES, Router, make_router, plan
+from kiln.serve._attach import ClusterLink
+from kiln.serve._coalesce import Coalescer
+from kiln.serve._metrics import Metrics
+from kiln.serve._routing import STRATEGIES, Router, make_router, plan
 
 log = logging.getLogger("kiln.serve")
 
@@ -111,7 +111,7 @@ class Gateway:
         self.link = link
         self.strategy = strategy
         self.metrics = metrics
-        # Requests for one agent share a cluster call (serve/coalesce.py); KILN_GATEWAY_COALESCE=0
+        # Requests for one agent share a cluster call (serve/_coalesce.py); KILN_GATEWAY_COALESCE=0
         # (read when the gateway is made, not when its module is imported) gives each its own.
         self.coalescer: Coalescer | None = (Coalescer() if settings().gateway_coalesce
                                             else None)

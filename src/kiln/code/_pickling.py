@@ -35,7 +35,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 
-from kiln import boundary
+from kiln import _boundary as boundary
 from kiln.errors import BoundaryError
 
 log = logging.getLogger("kiln")

@@ -24,10 +24,10 @@ from ..errors import (
     UnknownReferenceError,
 )
 from ._check_dist import check_dist_node, check_support, discrete, dist_shape, shape_in, support_of
+from ._constraints import BOUNDABLE, CONSTRAINTS
 from ._dist import dist_fields, spec_of
+from ._expr import Ctx, check_node, const_array, is_array_node, is_op, refs
 from ._warn import warn_unlikely
-from .constraints import BOUNDABLE, CONSTRAINTS
-from .expr import Ctx, check_node, const_array, is_array_node, is_op, refs
 
 KINDS = ("rv", "obs", "det", "data", "factor")
 

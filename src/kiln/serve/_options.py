@@ -84,7 +84,7 @@ class ServeOptions:
     def check(self) -> str | None:
         """Raise ``GatewayError`` (one line, naming the option) for what cannot work; returns
         the API key (read from its file)."""
-        from kiln.serve.routing import STRATEGIES
+        from kiln.serve._routing import STRATEGIES
 
         if self.strategy not in STRATEGIES:
             raise GatewayError(f"--strategy {self.strategy!r}: unknown; use one of "
@@ -124,7 +124,7 @@ class ServeOptions:
 
     def app_options(self) -> dict[str, Any]:
         """Keyword arguments of ``create_app``."""
-        from kiln.serve.gateway import Limits
+        from kiln.serve._gateway import Limits
 
         return dict(strategy=self.strategy, api_key_file=self.api_key_file,
                     fallback=self.fallback, timeout=self.timeout, retries=self.retries,
@@ -134,7 +134,7 @@ class ServeOptions:
                                   max_inflight=self.max_inflight))
 
     def server_options(self) -> dict[str, Any]:
-        """Keyword arguments of ``kiln.serve.server.uvicorn_config``."""
+        """Keyword arguments of ``kiln.serve._server.uvicorn_config``."""
         out = dict(host=self.host, port=self.port, log_level=self.log_level,
                    timeout_header=self.timeout_header, max_connections=self.max_connections,
                    timeout_keep_alive=self.timeout_keep_alive,

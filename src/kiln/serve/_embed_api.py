@@ -15,9 +15,9 @@ from fastapi.responses import Response
 from fastapi.security import HTTPBearer
 
 from kiln.errors import DeadlineExceededError, EmbedInputError, ModelNotAvailableError, SpecError
-from kiln.serve.gateway import QueueFull, Unavailable
-from kiln.serve.middleware import ApiError
-from kiln.serve.schemas import (
+from kiln.serve._gateway import QueueFull, Unavailable
+from kiln.serve._middleware import ApiError
+from kiln.serve._schemas import (
     ErrorResponse,
     InferRequest,
     InferResponse,

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ._dist import Args, spec_of, unpickle_fn
-from .expr import OPS, evaluate, is_array_node, is_number
+from ._expr import OPS, evaluate, is_array_node, is_number
 
 NUMPYRO_FORMAT = "kiln.numpyro/1"
 
@@ -127,7 +127,7 @@ def numpyro_model(structure: dict[str, Any]) -> Callable[[Any], Any]:
 
     import numpyro
 
-    from .validate import entry_refs, topo_order
+    from ._validate import entry_refs, topo_order
 
     by_name = {e["name"]: e for e in structure["entries"]}
     deps = {n: set().union(*d.values()) if (d := entry_refs(e)) else set()
@@ -171,7 +171,7 @@ def _constrained(d: Any, c: Any, env: dict[str, Any], const: Callable[[Any], Any
     from numpyro.distributions import constraints
 
     from . import _numpyro_dists as kd
-    from .constraints import CONSTRAINTS, make_bounds
+    from ._constraints import CONSTRAINTS, make_bounds
 
     if isinstance(c, dict):
         lo, hi = (evaluate(c[k], env, jnp, const) if k in c else None for k in ("lower", "upper"))

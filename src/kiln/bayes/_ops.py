@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from . import indexing  # noqa: F401 - registers "index"
+from . import _indexing as indexing  # noqa: F401 - registers "index"
 from ._dist import Distribution, _FieldTypeError, dist_fields
-from .expr import Ctx, Expr, NodeError, Op, register, to_node
+from ._expr import Ctx, Expr, NodeError, Op, register, to_node
 
 Shape = tuple[int, ...]
 
@@ -281,7 +281,7 @@ register("solve_triangular", Op(2, _solve_shape, _solve_triangular,
 # -- the log density of a distribution, as a value -------------------------------------------
 
 def _logp_shape(s: list[Shape], node: dict[str, Any], ctx: Ctx) -> Shape:
-    from .expr import infer_shape
+    from ._expr import infer_shape
 
     batch, event = ctx.dist_shape(node["dist"], ctx)
     value = infer_shape(node["args"][0], ctx)
@@ -292,8 +292,8 @@ def _logp_shape(s: list[Shape], node: dict[str, Any], ctx: Ctx) -> Shape:
 
 
 def _logp_eval(node: dict[str, Any], env: Any, xp: Any, const: Any, slots: Any) -> Any:
-    from .compile import make_dist
-    from .expr import evaluate
+    from ._compile import make_dist
+    from ._expr import evaluate
 
     value = evaluate(node["args"][0], env, xp, const, slots)
     return make_dist(node["dist"], env, const, None, slots).log_prob(value)

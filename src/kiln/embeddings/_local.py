@@ -19,7 +19,7 @@ class LocalEncoder:
 
     def __init__(self, models: Sequence[str] = ("default",), device: str = "cpu",
                  name: str = "local") -> None:
-        from kiln.embeddings import worker
+        from kiln.embeddings import _worker as worker
 
         self._worker = worker
         self.ctx = AgentContext(name, name, device)

@@ -53,6 +53,8 @@ import numpy as np  # noqa: E402
 from ..errors import CancelledError, SamplingError, SpecError  # noqa: E402
 from . import _adapt  # noqa: E402
 from ._cache import ProgramCache  # noqa: E402
+from ._compile import Compiled, compile_model, split_constants  # noqa: E402
+from ._options import DEVICES, METHODS, SampleOptions  # noqa: E402, F401
 from ._program import (  # noqa: E402
     TRACE_LOCK,
     Programs,
@@ -60,8 +62,6 @@ from ._program import (  # noqa: E402
     compile_programs,
     warmup_steps,
 )
-from .compile import Compiled, compile_model, split_constants  # noqa: E402
-from .options import DEVICES, METHODS, SampleOptions  # noqa: E402, F401
 
 # device="auto" on a GPU agent: below this many chains the node's CPU wins, because a
 # GPU pays a kernel launch per leapfrog step (seed 001, 4 chains: 1.4 s on an H100,

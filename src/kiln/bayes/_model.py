@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, DuplicateObservationError, ModelError, ModelTypeError, ShapeError
+from ._constraints import canonical
 from ._dist import Distribution, _FieldTypeError
-from .constraints import canonical
-from .expr import array_node, to_node
+from ._expr import array_node, to_node
 
 FORMAT = "kiln.model/1"
 
@@ -128,7 +128,7 @@ class Model:
 
     def validate(self) -> Model:
         """Check the whole model; raises a ModelError subclass naming variable and field."""
-        from .validate import validate
+        from ._validate import validate
 
         validate(self.entries)
         return self
@@ -181,7 +181,7 @@ def _constraint(name: str, constraint: Any, lower: Any, upper: Any) -> Any:
                              "not both")
     if constraint is not None:
         if not isinstance(constraint, str) or canonical(constraint) is None:
-            from .constraints import CONSTRAINTS
+            from ._constraints import CONSTRAINTS
             raise ModelTypeError(name, "constraint", f"{constraint!r:.60} is not a constraint; "
                                  f"known: {', '.join(CONSTRAINTS)}")
         return canonical(constraint)

@@ -5,7 +5,7 @@ What plain uvicorn left open (issue 12, item 3), and what is done here:
 - A connection that never sends a request was held for ever (the keep-alive timer starts only
   after a first response): ``GuardedH11Protocol`` closes a connection whose request line and
   headers have not arrived ``timeout_header`` seconds after it opened (or after its last
-  response). The body has its own timeout in ``kiln.serve.middleware``.
+  response). The body has its own timeout in ``kiln.serve._middleware``.
 - ~20,000 idle connections took every file descriptor and ``/healthz`` with them: at
   ``max_connections`` the oldest *idle* connections are closed to make room for a new one
   (a connection with a request in flight is never closed), so a probe still gets in; when all
@@ -15,7 +15,7 @@ What plain uvicorn left open (issue 12, item 3), and what is done here:
   through per window and then one line saying how many it held back.
 
 ``BackgroundServer`` runs the same server in a thread, for notebooks, tests and benchmarks.
-``kiln.serve.supervisor.SupervisedServer`` runs ``kiln serve`` (its supervisor and worker
+``kiln.serve._supervisor.SupervisedServer`` runs ``kiln serve`` (its supervisor and worker
 processes) in a child process instead: the gateway to start from a notebook when it must
 re-attach after a head restart, which a gateway in the notebook's own process cannot (that
 process is a Ray driver, and Ray ends or aborts a driver whose head restarted as a new
@@ -234,7 +234,7 @@ class BackgroundServer:
 
 def serve_in_background(cluster: Any = None, **options: Any) -> BackgroundServer:
     """Create the gateway app (``create_app`` options) and serve it on a free local port."""
-    from kiln.serve.app import create_app
+    from kiln.serve._app import create_app
 
     host = options.pop("host", "127.0.0.1")
     port = options.pop("port", None)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .expr import (
+from ._expr import (
     Ctx,
     NodeError,
     Op,

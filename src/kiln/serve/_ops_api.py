@@ -11,8 +11,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from kiln.serve.embed_api import ERRORS, KEYED, json_response, served
-from kiln.serve.schemas import ClusterResponse, HealthResponse
+from kiln.serve._embed_api import ERRORS, KEYED, json_response, served
+from kiln.serve._schemas import ClusterResponse, HealthResponse
 
 router = APIRouter()
 

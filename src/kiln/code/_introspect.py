@@ -1,8 +1,8 @@
 """Remote introspection: what a node has, and names as the node sees them (seed 003).
 
 The node side (:func:`describe`, :func:`node_report`, :func:`top_level_modules`) runs in the
-agent through ``kiln.code.worker``; the driver side (:func:`inspect`, :func:`remote_module`)
-asks an agent of the node. Completion in IPython (``kiln.code.ipython``) is built on these:
+agent through ``kiln.code._worker``; the driver side (:func:`inspect`, :func:`remote_module`)
+asks an agent of the node. Completion in IPython (``kiln.code._ipython``) is built on these:
 the names offered are the ones the remote node has, not the driver's.
 """
 
@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from kiln import display
+from kiln import _display as display
 from kiln._protocol import Context
 
 log = logging.getLogger("kiln")
@@ -248,7 +248,7 @@ def inspect(node: str, dotted_name: str | None = None) -> NodeReport | ObjectRep
     on gpu1 (imported there if needed).
     """
     from kiln import cluster
-    from kiln.code.call import agents_for
+    from kiln.code._call import agents_for
 
     c = cluster.current()
     handles = agents_for(c, node)
@@ -339,7 +339,7 @@ class RemoteModule:
         if member["kind"] == "module":
             return RemoteModule(self._kiln_node, dotted)
         if member["kind"] == "data":
-            from kiln.code.call import call
+            from kiln.code._call import call
 
             return call(self._kiln_node, get_dotted, dotted)
         return RemoteObject(self._kiln_node, dotted, member)
@@ -366,13 +366,13 @@ class RemoteObject:
         self.__doc__ = member.get("doc") or None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from kiln.code.call import call
+        from kiln.code._call import call
 
         return call(self.node, call_dotted, self.name, args, kwargs)
 
     def get(self) -> Any:
         """The object itself, fetched from the node (it must be picklable)."""
-        from kiln.code.call import call
+        from kiln.code._call import call
 
         return call(self.node, get_dotted, self.name)
 

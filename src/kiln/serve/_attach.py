@@ -8,7 +8,7 @@ States:
   aborts the process the moment it reaches the new GCS (``WrongClusterID``), and one whose
   local raylet died exits on its next call to it. So ``on_lost`` is called once, and under
   ``kiln serve`` the supervisor starts a fresh worker process and retires this one once the
-  new one serves (``kiln.serve.supervisor``; from a notebook, ``SupervisedServer``). Without
+  new one serves (``kiln.serve._supervisor``; from a notebook, ``SupervisedServer``). Without
   a supervisor (``BackgroundServer``) the gateway stays degraded, serving its fallback. ``on_returned`` is
   called once when, lost, the head listens again: the worker stops accepting and exits
   before its Ray driver reaches the new cluster.

@@ -21,8 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from kiln.embeddings.encoder import Encoder
-from kiln.embeddings.tokens import Tokens
+from kiln.embeddings._encoder import Encoder
+from kiln.embeddings._tokens import Tokens
 from kiln.errors import CancelledError
 
 

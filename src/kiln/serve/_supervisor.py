@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kiln.errors import GatewayError, KilnError
-from kiln.serve.attach import RECONNECT_TIMEOUT_ENV, RECONNECT_TIMEOUT_S
-from kiln.serve.options import ServeOptions
+from kiln.serve._attach import RECONNECT_TIMEOUT_ENV, RECONNECT_TIMEOUT_S
+from kiln.serve._options import ServeOptions
 
 log = logging.getLogger("kiln.serve")
 FATAL_EXIT = 3          # a worker that cannot start as configured: the supervisor gives up
@@ -161,8 +161,8 @@ def worker_main(options: ServeOptions, sock: Any, conn: Any, detached: bool) -> 
     import uvicorn
 
     import kiln
-    from kiln.serve.app import create_app
-    from kiln.serve.server import limit_logs, uvicorn_config
+    from kiln.serve._app import create_app
+    from kiln.serve._server import limit_logs, uvicorn_config
 
     def send(*message: Any) -> None:
         try:
@@ -254,7 +254,7 @@ class SupervisedServer:
     """
 
     def __init__(self, options: Any = None, start_timeout: float = 300.0, **fields: Any) -> None:
-        from kiln.serve.server import free_port
+        from kiln.serve._server import free_port
 
         self.options = options if options is not None else ServeOptions(**fields)
         if not self.options.port:

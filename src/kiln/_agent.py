@@ -40,9 +40,10 @@ from typing import Any
 
 import ray
 
-from kiln import _deaths, preflight
+from kiln import _deaths
+from kiln import _preflight as preflight
+from kiln._boundary import to_wire
 from kiln._protocol import CAPABILITIES, AgentContext, JobContext
-from kiln.boundary import to_wire
 from kiln.errors import (
     AgentMemoryError,
     CancelledError,

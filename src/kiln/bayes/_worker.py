@@ -28,8 +28,8 @@ import os
 from typing import Any
 
 from ..errors import SpecError
-from . import engine
-from .options import SampleOptions
+from . import _engine as engine
+from ._options import SampleOptions
 
 OPS = ("sample", "warmup")  # the jobs an agent may run (kiln._protocol)
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ModelError, SpecError
 from ._dist import REGISTRY
-from .model import Model
+from ._model import Model
 
 VARIABLE = "x"
 

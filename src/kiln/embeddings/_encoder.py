@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from kiln.embeddings.graphs import CudaGraphs
-from kiln.embeddings.models import ModelSpec, dimension, dtype_for, load
-from kiln.embeddings.tokens import Tokens, fast_path
+from kiln.embeddings._graphs import CudaGraphs
+from kiln.embeddings._models import ModelSpec, dimension, dtype_for, load
+from kiln.embeddings._tokens import Tokens, fast_path
 
 
 class Encoder:
