@@ -142,7 +142,8 @@ def dtype_for(device: str, dtype: str = "auto") -> str:
 
 
 def load(spec: ModelSpec, device: str = "cpu", dtype: str = "auto") -> Any:
-    """The sentence-transformers model for ``spec`` on ``device``; loaded once per process."""
+    """The model for ``spec`` on ``device`` (a ``SentenceTransformer``, or for the common shape
+    the same computation without importing sentence-transformers); loaded once per process."""
     dtype = dtype_for(device, dtype)
     key = (spec.path, device, dtype)
     with _load_lock:
@@ -150,12 +151,18 @@ def load(spec: ModelSpec, device: str = "cpu", dtype: str = "auto") -> Any:
             return _loaded[key]
         set_offline()
         import torch
-        from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
+
+        from kiln.embeddings._lean import lean_model
 
         hf_logging.disable_progress_bar()
         try:
-            model = SentenceTransformer(spec.path, device=device, local_files_only=True)
+            # the common shape skips importing sentence-transformers (~5 s): see _lean.py
+            model = lean_model(spec.path, device)
+            if model is None:
+                from sentence_transformers import SentenceTransformer
+
+                model = SentenceTransformer(spec.path, device=device, local_files_only=True)
         except Exception as err:  # noqa: BLE001 - loading runs the model's own code (config,
             # remote code, torch): any error becomes ModelNotAvailableError with its text
             raise ModelNotAvailableError(
