@@ -45,6 +45,18 @@ class Encoder:
         graph_tokens = self.token_budget if graph_tokens is None else graph_tokens
         if gpu and self._text is not None and graph_tokens > 0:
             self._graphs = CudaGraphs(self._embed, device, graph_tokens, self.max_length, self._names)
+            threading.Thread(target=self._capture_ahead, name="kiln-cuda-graphs", daemon=True).start()
+
+    def _capture_ahead(self) -> None:
+        """Capture the common graph shapes now, one at a time under the encode lock, so that
+        requests find them ready (a request between two captures waits for one, tens of ms)."""
+        import torch
+
+        assert self._graphs is not None
+        for shape in self._graphs.common_shapes():
+            with self._lock, torch.inference_mode():
+                if not self._graphs.prepare(shape):
+                    return
 
     @property
     def name(self) -> str:

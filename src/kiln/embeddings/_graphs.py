@@ -14,6 +14,10 @@ _ROW_BUCKETS = tuple(2**k for k in range(13))
 # Steps of at most ~1/4 above 32 tokens: long texts pad by a few percent, not by half.
 _WIDTH_BUCKETS = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384,
                   448, 512)
+# Captured ahead: every pass of texts up to this many tokens. Captured on first use instead, in
+# requests' time, they cost a 4 s window at 64 clients on an H100 56% of the agent's time
+# (bench/results/embed-h100-w4.json, py-spy) and its p99 (295 ms).
+_WARM_WIDTH = 128
 
 
 def _bucket(n: int, buckets: tuple[int, ...], cap: int) -> int:
@@ -28,8 +32,9 @@ class CudaGraphs:
     on the host whether the batch has padding (a device sync per pass, the GIL held meanwhile),
     which stalled the agent's tokenising threads: 8k graphed tokens a pass gave 39k texts/s
     through the batcher, graphing every pass 90-100k. Shapes are bucketed (rows to a power of
-    two, width to a few steps) so a few graphs serve every batch; each is captured the first
-    time its shape is needed (tens of ms).
+    two, width to a few steps) so a few graphs serve every batch. ``Encoder`` captures the
+    ``common_shapes`` in the background once the model loads; any other shape is captured the
+    first time it is needed (tens of ms, in that request's time).
     """
 
     def __init__(self, run: Any, device: str, max_tokens: int, max_width: int, names: tuple[str, ...]):
@@ -62,18 +67,30 @@ class CudaGraphs:
         before the next call), or None when graphs failed and eager must do it."""
         import torch
 
-        shape = tuple(block.shape[1:])
-        if shape not in self._graphs:
+        shape = (int(block.shape[1]), int(block.shape[2]))
+        if not self.prepare(shape):
+            return None
+        graph, static, out = self._graphs[shape]
+        static.copy_(torch.from_numpy(block))
+        graph.replay()
+        return out
+
+    def common_shapes(self) -> list[tuple[int, int]]:
+        """The shapes worth capturing ahead, smallest passes (one-text requests) first."""
+        widths = [w for w in _WIDTH_BUCKETS if w <= min(_WARM_WIDTH, self.max_width)]
+        shapes = [(r, w) for r in _ROW_BUCKETS for w in widths if r * w <= self.max_tokens]
+        return sorted(shapes, key=lambda s: (s[0] * s[1], s))
+
+    def prepare(self, shape: tuple[int, int]) -> bool:
+        """Capture ``shape`` unless it is; False when graphs failed (the encoder runs eagerly).
+        The caller holds the encoder's lock: captures and replays never overlap."""
+        if shape not in self._graphs and not self.error:
             try:
                 self._graphs[shape] = self._capture(shape)
             except Exception as err:  # noqa: BLE001 - a model whose forward cannot be captured
                 # runs eagerly; the reason is kept and reported (cuda_graph_error)
                 self.error = f"{type(err).__name__}: {err}"
-                return None
-        graph, static, out = self._graphs[shape]
-        static.copy_(torch.from_numpy(block))
-        graph.replay()
-        return out
+        return not self.error
 
     def _capture(self, shape: tuple[int, int]) -> tuple[Any, Any, Any]:
         import torch
