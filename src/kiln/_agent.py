@@ -173,6 +173,9 @@ class Agent:
         # Started before the checks: the imports are most of a restart's time, and an agent
         # that the checks refuse is stopped by its driver anyway.
         self.rewarm = _deaths.previously_loaded(self.name, self.actor_id)
+        self.preload = _preload()
+        for capability in self.preload:
+            self.rewarm.setdefault(capability, [])
         if self.rewarm:
             threading.Thread(target=self._rewarm, name="kiln-agent-rewarm", daemon=True).start()
         self._preflight(driver_fingerprint)
@@ -214,7 +217,10 @@ class Agent:
             if path is None:
                 continue
             try:
-                self._state_for(capability, importlib.import_module(path))
+                module = importlib.import_module(path)
+                state = self._state_for(capability, module)
+                if capability in self.preload and hasattr(module, "warm"):
+                    module.warm(state)
             except BaseException as err:  # noqa: BLE001 - the first job makes it and says why
                 logging.getLogger("kiln").debug("rewarm state %s: %s", capability, err)
         self.startup["rewarm_s"] = round(time.perf_counter() - began, 3)
@@ -262,7 +268,8 @@ class Agent:
             if hasattr(module, "info"):
                 try:
                     out[cap] = to_wire(module.info(state), root=f"info[{cap!r}]")
-                except Exception as err:  # info must never take the agent down; say what broke
+                except Exception as err:  # noqa: BLE001 - info must never take the agent
+                    # down: the error goes back to the caller in the report, not into a log
                     out[cap] = {"error": f"{type(err).__name__}: {err}"}
         return out
 
@@ -436,6 +443,18 @@ class Agent:
         return out
 
 
+def _preload() -> list[str]:
+    """The capabilities ``KILN_AGENT_PRELOAD`` names (unknown names are left out, and logged)."""
+    from kiln._settings import settings
+
+    names = [n.strip() for n in settings().agent_preload.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CAPABILITIES]
+    if unknown:
+        logging.getLogger("kiln").warning("KILN_AGENT_PRELOAD: unknown capabilities %s (known: %s)",
+                                          unknown, ", ".join(CAPABILITIES))
+    return [n for n in names if n in CAPABILITIES]
+
+
 def _startup_times(init_at: float, checks: list[dict[str, Any]]) -> dict[str, float]:
     """Where this process's start went, in seconds: Ray starting the worker and importing
     kiln (``process``), then ``__init__`` (``checks``, one entry each)."""
@@ -463,7 +482,8 @@ def _device_memory(device: str) -> dict[str, Any]:
         stats = dev.memory_stats() or {}
         return {"gpu": dev.device_kind, "gpu_memory_bytes": stats.get("bytes_limit"),
                 "gpu_memory_in_use_bytes": stats.get("bytes_in_use")}
-    except Exception as err:
+    except Exception as err:  # a GPU in a bad state still gets an agent; the report says so
+        logging.getLogger("kiln").debug("memory of %s", device, exc_info=True)
         return {"gpu": f"unknown ({type(err).__name__})"}
 
 

@@ -1,6 +1,6 @@
 """The typed seam between the agent and its capability workers.
 
-A capability is a folder with a ``worker`` module (``kiln/<capability>/worker.py``) that
+A capability is a folder with a ``_worker`` module (``kiln/<capability>/_worker.py``) that
 declares::
 
     OPS = ("encode",)                 # the operations a job may name
@@ -9,6 +9,7 @@ declares::
         def __init__(self, ctx: AgentContext) -> None: ...
     def encode(state: State, payload: Payload, ctx: Context) -> Reply: ...  # one per op (an Op)
     def info(state: State) -> dict[str, Any]: ...                          # optional
+    def warm(state: State) -> None: ...         # optional: KILN_AGENT_PRELOAD names it
 
 and is listed once in ``CAPABILITIES`` below. Adding a capability is its folder, one line here
 and its public function in ``kiln/__init__.py``.

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     address: str | None = Field(
         None, description="HOST:PORT of the cluster the `kiln` command attaches to (`kiln up` "
         "prints it); unset: an embedded local Ray")
+    agent_preload: str = Field(
+        "", description="capabilities an agent makes ready as it starts, comma-separated "
+        "(`embed`: the default embedding model, loaded before the first request; `kiln up "
+        "--preload embed` sets it); unset: each on its first job")
     agent_memory_limit_mb: float | None = Field(
         None, gt=0, description="resident MiB past which an agent stops the user code running "
         "in it (AgentMemoryError); unset: 80% of the node's memory")

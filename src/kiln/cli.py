@@ -37,6 +37,9 @@ Address = Annotated[str | None, typer.Option(
 JsonOut = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="print the ray command instead of running it")]
 Block = Annotated[bool, typer.Option("--block", help="stay in the foreground; stopping kiln stops the node")]
+Preload = Annotated[str, typer.Option(
+    help="capabilities this node's agents make ready as they start, comma-separated: `embed` "
+         "loads the default embedding model before the first request (for a gateway's nodes)")]
 
 NORMAL_SPEC = {"dist": "normal", "mu": 0.0, "sigma": 1.0}
 
@@ -344,7 +347,7 @@ def up(host: Annotated[str, typer.Option(
            help="Ray's client server (ray://HOST:PORT), bound to --host and loopback")
        ] = CLIENT_PORT,
        name: Annotated[str | None, typer.Option(help="this node's kiln name (default: the host's)")] = None,
-       block: Block = False, dry_run: DryRun = False) -> None:
+       preload: Preload = "", block: Block = False, dry_run: DryRun = False) -> None:
     """Start a Ray head node named for kiln and print the join command."""
     from kiln.cluster import NODE_RESOURCE, default_node_name
 
@@ -378,15 +381,26 @@ def up(host: Annotated[str, typer.Option(
               + ("(127.0.0.1 is this machine only: give --host this machine's address for the "
                  "others.)\n" if host in ("127.0.0.1", "localhost") else "")
               + f"{escape(auth_line)}\nFrom a notebook: kiln.connect(\"{where}\").")
-    env = {**NODE_ENV, **HEALTH_CHECK}
+    env = {**NODE_ENV, **HEALTH_CHECK, **_preload_env(preload)}
     _run(cmd, dry_run, block, marker=node, banner=banner, env=env)
+
+
+def _preload_env(preload: str) -> dict[str, str]:
+    """KILN_AGENT_PRELOAD for the node's processes (its agents inherit it), checked here."""
+    from kiln._protocol import CAPABILITIES
+
+    names = [n.strip() for n in preload.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CAPABILITIES]
+    if unknown:
+        _fail(f"--preload {preload}: unknown {', '.join(unknown)}; one of {', '.join(CAPABILITIES)}")
+    return {"KILN_AGENT_PRELOAD": ",".join(names)} if names else {}
 
 
 @app.command()
 def join(address: Annotated[str, typer.Argument(help="HEAD_HOST:PORT")],
          name: Annotated[str, typer.Option(help="this node's kiln name, e.g. gpu2")],
          num_gpus: Annotated[int | None, typer.Option(help="GPUs to offer (default: all)")] = None,
-         block: Block = False, dry_run: DryRun = False) -> None:
+         preload: Preload = "", block: Block = False, dry_run: DryRun = False) -> None:
     """Start a Ray worker node carrying a kiln name and join it to a head."""
     from kiln.cluster import NODE_RESOURCE
 
@@ -398,7 +412,8 @@ def join(address: Annotated[str, typer.Argument(help="HEAD_HOST:PORT")],
            f"--resources={json.dumps({NODE_RESOURCE + name: 1})}"]
     if num_gpus is not None:
         cmd.append(f"--num-gpus={num_gpus}")
-    _run(cmd, dry_run, block, marker=name, env=NODE_ENV, banner=None if dry_run else
+    _run(cmd, dry_run, block, marker=name, env={**NODE_ENV, **_preload_env(preload)},
+         banner=None if dry_run else
          f"node [bold]{name}[/] {'joining' if block else 'joined'} {escape(address)}")
 
 

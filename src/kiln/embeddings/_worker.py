@@ -61,6 +61,11 @@ class State:
             return self.encoders[spec.path]
 
 
+def warm(state: State) -> None:
+    """An agent started with ``KILN_AGENT_PRELOAD=embed``: load the default model now."""
+    state.encoder("default")
+
+
 def _use_the_cores(threads: int | None) -> None:
     """Let torch use the node's cores: Ray starts actors with OMP_NUM_THREADS=1, which left a
     CPU agent at half the throughput of sentence-transformers run by hand on a 2-core machine."""
