@@ -187,3 +187,19 @@ def test_the_openai_client_lists_models_and_embeds_text_and_token_ids(server):
                          json={"input": texts[0], "encoding_format": "base64"}).json()
     vector = np.frombuffer(base64.b64decode(raw_b64["data"][0]["embedding"]), dtype="<f4")
     assert np.allclose(vector, floats.data[0].embedding, atol=1e-6)
+
+
+def test_an_unexpected_error_is_a_500_that_tells_the_client_nothing_but_logs_all(caplog):
+    app = create_app(None, fallback=False)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret detail at /srv/kiln/keys")
+
+    with caplog.at_level("ERROR", logger="kiln.serve"), BackgroundServer(app) as s:
+        r = httpx.get(s.url + "/boom", timeout=30)
+    assert r.status_code == 500
+    assert r.json()["error"]["type"] == "internal_error"
+    assert "secret" not in r.text and "RuntimeError" not in r.text
+    [record] = [r for r in caplog.records if "GET /boom failed" in r.getMessage()]
+    assert record.exc_info and "secret detail" in str(record.exc_info[1])

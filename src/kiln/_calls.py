@@ -58,7 +58,7 @@ class Call:
                 f"{self.what} on {self.handle.name} ran past its timeout of {timeout} s; it was "
                 "cancelled on the agent, which stays usable. Raise timeout= for longer work."
             ) from None
-        except BaseException as err:
+        except BaseException as err:  # noqa: BLE001 - re-raised as the error a kiln user sees
             raise _translate(err, self.handle, self.what) from None
 
     def cancel(self) -> None:
@@ -81,7 +81,7 @@ class Call:
     async def _await(self) -> Any:
         try:
             return await self.ref
-        except BaseException as err:
+        except BaseException as err:  # noqa: BLE001 - re-raised as the error a kiln user sees
             raise _translate(err, self.handle, self.what) from None
 
 
@@ -111,7 +111,7 @@ def _translate(err: BaseException, handle: AgentHandle, what: str) -> BaseExcept
                 if not isinstance(cause, KilnError):
                     cause.add_note(f"(raised on node {handle.node}, agent {handle.name})\n"
                                    f"Remote traceback:\n{remote_tb}")
-            except Exception:
+            except (AttributeError, TypeError):  # a class with __slots__ takes no new attribute
                 pass
             return cause
         first = str(err).strip().splitlines()

@@ -38,6 +38,7 @@ from kiln._agent import CONCURRENCY_GROUPS, WORK_THREADS, Agent, agent_name
 from kiln._calls import Call, _when_back
 from kiln._calls import progress_of as progress_of
 from kiln._calls import wait as wait
+from kiln._poll import refusal, wait_until
 from kiln.errors import (
     ConnectError,
     NoAgentsError,
@@ -479,15 +480,18 @@ def _kill(actor: Any) -> None:
 
 def _kill_named(name: str, wait_s: float = 30.0) -> None:
     """Kill the named agent and wait until its name is free, so a new one can take it."""
-    deadline = time.monotonic() + wait_s
-    while True:
+
+    def gone() -> bool:
         try:
             _kill(ray.get_actor(name, namespace=NAMESPACE))
         except ValueError:
-            return
-        if time.monotonic() >= deadline:
-            return
-        time.sleep(0.1)
+            return True
+        return False
+
+    try:
+        wait_until(gone, wait_s, f"agent {name} to go")
+    except TimeoutError as err:  # the agent that then takes the name says why it cannot
+        log.warning("kiln: %s", err)
 
 
 # -- connect / shutdown -----------------------------------------------------------------------
@@ -551,15 +555,7 @@ def connect(address: str | None = None, *, name: str | None = None, num_cpus: in
 
 def head_reachable(address: str, timeout: float = 1.0) -> bool:
     """Whether the head's GCS accepts a TCP connection (no Ray call: nothing left pending)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        return True  # not a HOST:PORT address: nothing to look at
-    try:
-        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)),
-                                 timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    return refusal(address, timeout) is None
 
 
 def _fail_fast_if_nothing_listens(address: str, timeout: float = 5.0) -> None:
@@ -568,12 +564,8 @@ def _fail_fast_if_nothing_listens(address: str, timeout: float = 5.0) -> None:
     ``ray.init`` would retry an unreachable GCS for minutes (20 tries of ~35 s each) before it
     gives up, so a mistyped address looked like a hang.
     """
-    host, sep, port = address.rpartition(":")
-    if not sep or "://" in address or not port.isdigit():
-        return  # "auto", "ray://...": Ray's own address forms, left to Ray
-    try:
-        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
-    except OSError as err:
+    err = refusal(address, timeout)
+    if err is not None:
         raise ConnectError(_connect_hint(address, err, listening=False)) from None
 
 
@@ -590,6 +582,7 @@ def _connect_hint(address: str | None, err: BaseException, listening: bool = Tru
 
         token_mode = is_token_auth_enabled()
     except Exception:  # Ray's private module moved: assume no token was sent
+        log.debug("token mode of this Ray unknown", exc_info=True)
         token_mode = False
     hint = (f"could not attach to the Ray cluster at {address}: {text}. Something listens there "
             "but Ray did not let this driver in. Is it a Ray head (`kiln up`)?")

@@ -12,6 +12,7 @@ endpoint but ``/healthz``, ``/readyz`` and the docs wants ``Authorization: Beare
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from kiln.serve._gateway import Gateway, Limits
 from kiln.serve._metrics import Metrics
 from kiln.serve._middleware import ApiError, Intake, error_response
 from kiln.serve._options import read_key
+
+log = logging.getLogger("kiln.serve")
 
 _CURRENT = object()
 DEFAULT_MODELS = ("default", "large", "multilingual")
@@ -68,6 +71,8 @@ def create_app(cluster: Any = _CURRENT, *, strategy: str = "round_robin",
         try:
             cluster = _cluster.current()
         except NotConnectedError:  # the gateway starts without a cluster and attaches later
+            log.warning("kiln serve: no cluster is connected: %s until one attaches",
+                        "serving from the local fallback" if fallback else "every request fails")
             cluster = None
     limits = limits or Limits()
     key = read_key(api_key, api_key_file)
@@ -135,7 +140,11 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, err: Exception) -> JSONResponse:
-        return error_response(500, "internal_error", f"{type(err).__name__}: {err}")
+        # The client learns that the gateway failed, not how: the text may carry paths, hosts
+        # or keys. The log has the whole error.
+        log.error("kiln serve: %s %s failed", request.method, request.url.path, exc_info=err)
+        return error_response(500, "internal_error", "the gateway failed unexpectedly; its log "
+                                                     "says why")
 
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}

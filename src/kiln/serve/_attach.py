@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
+
+from kiln._poll import refusal
 
 log = logging.getLogger("kiln.serve")
 
@@ -38,18 +39,9 @@ RECONNECT_TIMEOUT_S = str(7 * 24 * 3600)
 
 
 def listening(address: str | None, timeout: float = 1.0) -> bool:
-    """Whether something accepts a TCP connection at ``HOST:PORT``."""
-    if not address:
-        return False
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        return True  # Ray's own address forms ("auto", "ray://..."): nothing to probe
-    try:
-        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)),
-                                 timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    """Whether something accepts a TCP connection at ``HOST:PORT`` (True for Ray's own
+    address forms, "auto", "ray://...": nothing to probe)."""
+    return bool(address) and refusal(address, timeout) is None
 
 
 class ClusterLink:
@@ -115,7 +107,7 @@ class ClusterLink:
             try:
                 self.on_lost()
             except Exception as err:  # the supervisor's pipe is gone: stay degraded
-                log.warning("kiln serve: could not ask for a fresh worker: %s", err)
+                log.warning("kiln serve: could not ask for a fresh worker: %s", err, exc_info=True)
 
     def _try_attach(self) -> None:
         if self._attaching is not None and not self._attaching.done():
@@ -131,7 +123,8 @@ class ClusterLink:
             return
         try:
             cluster = self.connect(self.address)  # type: ignore[misc]
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - logged, one line an attempt, and kept for
+            # /readyz; the next attempt comes in attach_every_s
             self.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             log.warning("kiln serve: attaching to %s failed: %s", self.address, self.error)
             return

@@ -174,7 +174,8 @@ class Gateway:
             await asyncio.sleep(self.refresh_s)
             try:
                 await self.link.tick()
-            except Exception as err:  # the watcher must outlive whatever the cluster does
+            except Exception as err:  # noqa: BLE001 - logged; the watcher must outlive
+                # whatever the cluster does (a traceback every tick would drown the log)
                 log.warning("kiln serve: watching the cluster failed: %s", err)
             self.metrics.cluster_attached.set(self.link.state == "attached")
             if self.link.state != "attached":
@@ -188,7 +189,8 @@ class Gateway:
     def _refresh_safely(self) -> None:
         try:
             self.refresh()
-        except Exception as err:  # the cluster is changing under us; the next tick retries
+        except Exception as err:  # noqa: BLE001 - logged; the cluster is changing under us
+            # and the next tick retries
             log.warning("kiln serve: refreshing agents failed: %s", err)
 
     def refresh(self) -> None:
@@ -209,6 +211,7 @@ class Gateway:
                 depths[h.name] = int((h.info(timeout=2).get("inflight") or {}).get("embed", 0))
                 self._missed.pop(h.name, None)
             except Exception:  # info answers from its own threads even when the agent is busy
+                log.debug("kiln serve: %s did not answer info", h.name, exc_info=True)
                 self._missed[h.name] = self._missed.get(h.name, 0) + 1
                 if self._missed[h.name] == 2 and self._loop is not None:
                     self._loop.call_soon_threadsafe(self._give_up_on, h.name)
@@ -382,7 +385,7 @@ class Gateway:
         try:
             call.cancel()
         except Exception as err:  # the agent is gone: nothing runs there any more
-            log.debug("kiln serve: cancelling %s: %s", call, err)
+            log.debug("kiln serve: cancelling %s: %s", call, err, exc_info=True)
 
     def _late(self, what: str) -> str:
         return (f"the request ran past its deadline of {self.timeout:g} s ({what}); it was "

@@ -29,10 +29,12 @@ import resource
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from kiln._poll import wait_until
 from kiln.errors import GatewayError
 
 log = logging.getLogger("kiln.serve")
@@ -186,6 +188,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def wait_to_serve(ready: Callable[[], bool], timeout: float, what: str, *,
+                  stop: Callable[[], None], interval: float) -> None:
+    """``wait_until`` for a gateway starting: one that does not serve in time is stopped, and
+    ``GatewayError`` says how long it was given."""
+    try:
+        wait_until(ready, timeout, what, interval=interval)
+    except TimeoutError as err:
+        stop()
+        raise GatewayError(str(err)) from None
+
+
 class BackgroundServer:
     """uvicorn serving ``app`` in a daemon thread; ``url``, ``stop()``, usable as a context.
 
@@ -206,16 +219,15 @@ class BackgroundServer:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="kiln-gateway", daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + start_timeout
-        while not self.server.started:
-            if not self.thread.is_alive():
+
+        def started() -> bool:
+            if not self.server.started and not self.thread.is_alive():
                 raise GatewayError(f"the gateway on {self.host}:{self.port} failed to start "
                                    "(see the log above)")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise GatewayError(f"the gateway on {self.host}:{self.port} did not start "
-                                   f"within {start_timeout} s")
-            time.sleep(0.02)
+            return self.server.started
+
+        wait_to_serve(started, start_timeout, f"the gateway on {self.host}:{self.port} to start",
+                      stop=self.stop, interval=0.02)
 
     @property
     def url(self) -> str:

@@ -240,7 +240,7 @@ def worker_main(options: ServeOptions, sock: Any, conn: Any, detached: bool) -> 
         try:
             kiln.shutdown()
         except Exception:  # leaving anyway
-            pass
+            log.debug("kiln serve: disconnecting from the cluster", exc_info=True)
 
 
 class SupervisedServer:
@@ -254,7 +254,7 @@ class SupervisedServer:
     """
 
     def __init__(self, options: Any = None, start_timeout: float = 300.0, **fields: Any) -> None:
-        from kiln.serve._server import free_port
+        from kiln.serve._server import free_port, wait_to_serve
 
         self.options = options if options is not None else ServeOptions(**fields)
         if not self.options.port:
@@ -265,16 +265,17 @@ class SupervisedServer:
             target=serve, args=(self.options,), name="kiln-serve")
         self.process.start()
         atexit.register(self.stop)
-        deadline = time.monotonic() + start_timeout
-        while not self._answers():
+
+        def serving() -> bool:
+            if self._answers():
+                return True
             if not self.process.is_alive():
                 raise GatewayError(f"the gateway on {self.url} exited ({self.process.exitcode}) "
                                    "before it served (see the log above)")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise GatewayError(f"the gateway on {self.url} did not serve within "
-                                   f"{start_timeout} s")
-            time.sleep(0.2)
+            return False
+
+        wait_to_serve(serving, start_timeout, f"the gateway on {self.url} to serve",
+                      stop=self.stop, interval=0.2)
 
     @property
     def url(self) -> str:
