@@ -39,6 +39,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.sampling import has_gpu  # noqa: E402
+
 # name: (_chees.MASS_MATRIX, _chees.LENGTH_FLOOR, _chees.FLOOR_IN_WARMUP)
 VARIANTS = {"identity": (None, None, False), "ensemble": ("ensemble", None, False),
             "ensemble+floor": ("ensemble", math.pi, True),            # kiln's default
@@ -199,15 +201,6 @@ def measure_numpyro(name: str, chains: int, warmup: int, draws: int, target: flo
         if best is None or r["headline"]["min_ess_per_s"] > best["headline"]["min_ess_per_s"]:
             best = r
     return best
-
-
-def has_gpu() -> bool:
-    import jax
-
-    try:
-        return bool(jax.devices("gpu"))
-    except RuntimeError:
-        return False
 
 
 def main() -> None:

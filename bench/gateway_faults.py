@@ -29,12 +29,10 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,64 +40,12 @@ from typing import Any
 import aiohttp
 import psutil
 
-BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from heads import BIN, Head, free_port  # noqa: E402
+
 TOKEN = "kiln-gateway-faults-bench-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Head:
-    """`kiln up` on a port of its own; ``kill`` stops exactly its processes (by RAY_TMPDIR)."""
-
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="kgf", dir="/tmp"))
-        (self.root / "home").mkdir()
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        # Every process of the run (head, agents, gateway) imports this copy of kiln: an agent
-        # that Ray restarts re-checks kiln's source hash against the gateway's, and a source
-        # tree being edited meanwhile would make it refuse.
-        import kiln
-
-        shutil.copytree(Path(kiln.__file__).parent, self.root / "src" / "kiln",
-                        ignore=shutil.ignore_patterns("__pycache__"))
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "KILN_"))}
-        env.update(HOME=str(self.root / "home"), RAY_TMPDIR=str(self.root / "t"),
-                   RAY_USAGE_STATS_ENABLED="0", JAX_PLATFORMS="cpu", RAY_AUTH_MODE="token",
-                   RAY_AUTH_TOKEN=TOKEN, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                   PYTHONPATH=str(self.root / "src"))
-        return {**env, **extra}
-
-    def up(self) -> None:
-        r = subprocess.run([str(BIN / "kiln"), "up", "--port", str(self.port), "--name", "head1"],
-                           env=self.env(), capture_output=True, text=True, timeout=300)
-        if r.returncode:
-            raise SystemExit(f"kiln up failed:\n{r.stderr[-2000:]}")
-
-    def kill(self) -> None:
-        procs = []
-        for proc in psutil.process_iter():
-            try:
-                if proc.environ().get("RAY_TMPDIR", "") == str(self.root / "t"):
-                    procs.append(proc)
-            except (psutil.Error, OSError):
-                continue
-        for proc in procs:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(procs, timeout=15)
-
-    def remove(self) -> None:
-        self.kill()
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 class Gateway:
@@ -211,7 +157,7 @@ async def agent_pid(url: str) -> int | None:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    head = Head()
+    head = Head(TOKEN, prefix="kgf", copy_kiln=True)
     results: list[dict[str, Any]] = []
     gateway = None
     try:
@@ -277,7 +223,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         gateway.stop()
 
         # -- no cluster, fallback off --------------------------------------------------------
-        nowhere = Head()
+        nowhere = Head(TOKEN, prefix="kgf", copy_kiln=True)
         try:
             gateway = Gateway(nowhere, "--address", f"127.0.0.1:{free_port()}", "--fallback", "off")
             await wait_until(lambda: _is(get_json(gateway.url + "/healthz"), "cluster",

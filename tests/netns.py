@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -570,19 +571,27 @@ def _map_round(r: Round, reply: dict, n: int, node: str, t_fault: float) -> None
         r.note = f"{reply.get('error')}: {reply.get('message', '')[:300]}"
 
 
-def link_down_mid_map(hosts: Hosts, cluster: NetnsCluster, driver: Driver, n: int = 30,
-                      after: float = 1.5) -> Round:
-    host, node = VICTIM
-    r = Round("link down mid-map", items=n)
+def _map_under_fault(r: Round, driver: Driver, n: int, node: str, after: float,
+                     fault: Callable[[], None]) -> float:
+    """A map of ``n`` items for its baseline, then the same map with ``fault()`` ``after`` s
+    into it; fills ``r`` from its reply and returns when the fault began."""
     base = driver.ask(do="map", n=n, on=COMPUTE, timeout=300)
     r.baseline_s = base["t1"] - base["t0"] if base.get("ok") else None
     driver.send(do="map", n=n, on=COMPUTE)
     time.sleep(after)
     t_fault = time.time()
-    hosts.link(host, up=False)
+    fault()
     reply = driver.recv(timeout=300, do="map")
     r.call_s = reply["t1"] - reply["t0"]
     _map_round(r, reply, n, node, t_fault)
+    return t_fault
+
+
+def link_down_mid_map(hosts: Hosts, cluster: NetnsCluster, driver: Driver, n: int = 30,
+                      after: float = 1.5) -> Round:
+    host, node = VICTIM
+    r = Round("link down mid-map", items=n)
+    t_fault = _map_under_fault(r, driver, n, node, after, lambda: hosts.link(host, up=False))
     r.detect_s = _detected(driver, node, t_fault)
     r.back_s = restore(hosts, cluster, host, driver, time.time())
     return r
@@ -592,17 +601,14 @@ def agent_killed_mid_map(hosts: Hosts, cluster: NetnsCluster, driver: Driver, n:
                          after: float = 1.5) -> Round:
     host, node = VICTIM
     r = Round("agent SIGKILLed mid-map", items=n)
-    base = driver.ask(do="map", n=n, on=COMPUTE, timeout=300)
-    r.baseline_s = base["t1"] - base["t0"] if base.get("ok") else None
-    driver.send(do="map", n=n, on=COMPUTE)
-    time.sleep(after)
-    agents = hosts.processes(host, "ray::Agent")
-    t_fault = time.time()
-    for proc in agents:
-        proc.kill()
-    reply = driver.recv(timeout=300, do="map")
-    r.call_s = reply["t1"] - reply["t0"]
-    _map_round(r, reply, n, node, t_fault)
+    agents: list[psutil.Process] = []
+
+    def kill() -> None:
+        agents.extend(hosts.processes(host, "ray::Agent"))
+        for proc in agents:
+            proc.kill()
+
+    _map_under_fault(r, driver, n, node, after, kill)
     if not agents:
         r.note = "no agent process found on the host: " + r.note
     # Kiln learns of an agent's death from the call in flight: the map's reply is when it knew.

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from heads import free_port, kill_all, processes_with_env
 
 from kiln.bayes._examples import seed_001_posterior_means
 
@@ -72,27 +73,6 @@ def _without_arviz_notice(stderr: str) -> str:
     notice = re.compile(r"\S*arviz/__init__.py:\d+: FutureWarning: \n"
                         r"ArviZ is undergoing a major refactor.*?\n  warn\(\n", re.S)
     return notice.sub("", stderr).strip()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _processes_with_env(key: str, prefix: str) -> list[psutil.Process]:
-    """Processes whose environment has ``key`` starting with ``prefix``, and their children
-    (a Ray process that renames itself, ``ray::DashboardAgent``, overwrites its environment)."""
-    found: dict[int, psutil.Process] = {}
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get(key, "").startswith(prefix):
-                found[proc.pid] = proc
-                found.update((c.pid, c) for c in proc.children(recursive=True))
-        except (psutil.Error, OSError):
-            continue
-    found.pop(os.getpid(), None)
-    return list(found.values())
 
 
 def _alive(proc: psutil.Process) -> bool:
@@ -180,7 +160,7 @@ def test_up_on_a_taken_port_fails_at_once_naming_the_port(scratch):
     assert r.returncode == 1, _show(r)
     assert f"--port {port}: port {port} is taken" in _flat(r.stderr)
     assert took < 15, took  # Ray alone took ~46 s to give up
-    assert not _processes_with_env("RAY_TMPDIR", str(scratch.root))  # nothing was started
+    assert not processes_with_env("RAY_TMPDIR", str(scratch.root))  # nothing was started
 
 
 @pytest.mark.parametrize(("command", "name"), [
@@ -252,13 +232,7 @@ class Scratch:
 
     def kill(self, tmp: str = "") -> None:
         """SIGKILL every process started with this RAY_TMPDIR (or, by default, one under root)."""
-        procs = _processes_with_env("RAY_TMPDIR", str(self.root / tmp))
-        for proc in procs:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(procs, timeout=15)
+        kill_all(processes_with_env("RAY_TMPDIR", str(self.root / tmp)))
 
     def remove(self) -> None:
         self.kill()
@@ -335,8 +309,8 @@ class CliCluster(Scratch):
 
     def start(self) -> None:
         self.state = "down"
-        self.address, self.token = f"127.0.0.1:{_free_port()}", ""
-        r = self.kiln("up", "--port", self.address.split(":")[1], "--client-port", _free_port(),
+        self.address, self.token = f"127.0.0.1:{free_port()}", ""
+        r = self.kiln("up", "--port", self.address.split(":")[1], "--client-port", free_port(),
                       "--name", "head1", head=True)
         assert r.returncode == 0, _show(r)
         self.banner = _flat(r.stdout)
@@ -520,15 +494,15 @@ def test_down_stops_the_kiln_nodes_and_leaves_other_ray_alone(running_cli_cluste
     cluster = running_cli_cluster
     # Another Ray on this machine, not started by kiln: `kiln down` must leave it running.
     other = subprocess.run(
-        [RAY, "start", "--head", f"--port={_free_port()}", f"--ray-client-server-port={_free_port()}",
+        [RAY, "start", "--head", f"--port={free_port()}", f"--ray-client-server-port={free_port()}",
          "--include-dashboard=false", "--num-cpus=0"],
         env=cluster.env(head=True, tmp="other"), capture_output=True, text=True, timeout=120)
     try:
         assert other.returncode == 0, _show(other)
-        others = [p for p in _processes_with_env("RAY_TMPDIR", str(cluster.root / "other"))
+        others = [p for p in processes_with_env("RAY_TMPDIR", str(cluster.root / "other"))
                   if p.name() in ("raylet", "gcs_server")]
         assert len(others) == 2
-        kiln_nodes = [p for p in _processes_with_env("RAY_TMPDIR", str(cluster.root / "t"))
+        kiln_nodes = [p for p in processes_with_env("RAY_TMPDIR", str(cluster.root / "t"))
                       if p.name() == "raylet" and "KILN_CLI_NODE" in p.environ()]
         assert len(kiln_nodes) == 2
         # And the in-process Ray of the other tests (conftest's embedded default), if one runs.

@@ -6,74 +6,17 @@ HOME and RAY_TMPDIR, killed by SIGKILL, and a real `kiln serve` under load."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+from heads import BIN, Head, free_port
 
-BIN = Path(sys.executable).parent
 TOKEN = "kiln-gateway-test-token-0123456789abcdef"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Head:
-    """`kiln up` on a port of its own; ``kill`` stops exactly its processes (by RAY_TMPDIR)."""
-
-    def __init__(self) -> None:
-        # Short: Ray's socket paths must stay under 108 bytes.
-        self.root = Path(tempfile.mkdtemp(prefix="kgw", dir="/tmp"))
-        (self.root / "home").mkdir()
-        self.port = _free_port()
-        self.address = f"127.0.0.1:{self.port}"
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "KILN_"))}
-        env.update(HOME=str(self.root / "home"), RAY_TMPDIR=str(self.root / "t"),
-                   RAY_USAGE_STATS_ENABLED="0", JAX_PLATFORMS="cpu", COLUMNS="200",
-                   RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN, HF_HUB_OFFLINE="1",
-                   TRANSFORMERS_OFFLINE="1")
-        env.update(extra)
-        return env
-
-    def up(self) -> None:
-        r = subprocess.run([str(BIN / "kiln"), "up", "--port", str(self.port), "--name", "head1"],
-                           env=self.env(), capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr[-3000:]
-
-    def processes(self) -> list[psutil.Process]:
-        found: dict[int, psutil.Process] = {}
-        for proc in psutil.process_iter():
-            try:
-                if proc.environ().get("RAY_TMPDIR", "") == str(self.root / "t"):
-                    found[proc.pid] = proc
-                    found.update((c.pid, c) for c in proc.children(recursive=True))
-            except (psutil.Error, OSError):
-                continue
-        found.pop(os.getpid(), None)
-        return list(found.values())
-
-    def kill(self, spare: set[int] = frozenset()) -> None:
-        procs = [p for p in self.processes() if p.pid not in spare]
-        for proc in procs:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(procs, timeout=15)
 
 
 class Load(threading.Thread):
@@ -107,8 +50,8 @@ def wait_for(check, what: str, timeout: float) -> float:
 
 @pytest.mark.slow
 def test_the_gateway_outlives_its_head_and_attaches_to_the_next_one(tmp_path):
-    head = Head()
-    port = _free_port()
+    head = Head(TOKEN, prefix="kgw")
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
     gateway = subprocess.Popen(
@@ -173,8 +116,7 @@ def test_the_gateway_outlives_its_head_and_attaches_to_the_next_one(tmp_path):
             gateway.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(gateway.pid, signal.SIGKILL)
-        head.kill()
-        shutil.rmtree(head.root, ignore_errors=True)
+        head.remove()
         print(log.read_text()[-3000:])
 
 
@@ -183,7 +125,7 @@ def test_a_gateway_started_from_a_notebook_attaches_again_after_a_head_restart(
         no_cluster, tmp_path, monkeypatch):
     from kiln.serve._supervisor import SupervisedServer
 
-    head = Head()
+    head = Head(TOKEN, prefix="kgw")
     # what the notebook's machine has after `kiln join`: the head's token (the child inherits it)
     for key, value in head.env(RAY_TMPDIR=str(tmp_path / "gw")).items():
         monkeypatch.setenv(key, value)
@@ -212,5 +154,4 @@ def test_a_gateway_started_from_a_notebook_attaches_again_after_a_head_restart(
             assert health()["cluster"] == "attached"
         assert not server.process.is_alive()  # stopped with its workers
     finally:
-        head.kill()
-        shutil.rmtree(head.root, ignore_errors=True)
+        head.remove()

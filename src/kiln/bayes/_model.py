@@ -72,11 +72,7 @@ class Model:
         """Add `expr` (summed) to the log density: Stan's `target += expr`, NumPyro's
         `numpyro.factor`, PyMC's `pm.Potential`. `name` labels the term."""
         self._check_new_name(name)
-        try:
-            node = to_node(expr)
-        except TypeError as e:
-            raise ModelTypeError(name, "expr", str(e)) from None
-        return self._add({"kind": "factor", "name": name, "expr": node})
+        return self._add({"kind": "factor", "name": name, "expr": _node(name, "expr", expr)})
 
     def obs(self, name: str, of: str, value: Any) -> Model:
         """Observe random variable `of` at `value` (data); `name` labels the likelihood."""
@@ -93,11 +89,7 @@ class Model:
     def det(self, name: str, expr: Any) -> Model:
         """A deterministic value `name = expr`, recorded in the trace."""
         self._check_new_name(name)
-        try:
-            node = to_node(expr)
-        except TypeError as e:
-            raise ModelTypeError(name, "expr", str(e)) from None
-        return self._add({"kind": "det", "name": name, "expr": node})
+        return self._add({"kind": "det", "name": name, "expr": _node(name, "expr", expr)})
 
     def data(self, name: str, value: Any) -> Model:
         """Named data (covariates, group indices) that expressions refer to by name."""
@@ -187,14 +179,17 @@ def _constraint(name: str, constraint: Any, lower: Any, upper: Any) -> Any:
         return canonical(constraint)
     if lower is None and upper is None:
         return None
-    out = {}
-    for k, v in (("lower", lower), ("upper", upper)):
-        if v is not None:
-            try:
-                out[k] = to_node(v)
-            except TypeError as e:
-                raise ModelTypeError(name, f"constraint.{k}", str(e)) from None
-    return out
+    return {k: _node(name, f"constraint.{k}", v) for k, v in (("lower", lower), ("upper", upper))
+            if v is not None}
+
+
+def _node(name: str, field: str, value: Any) -> int | float | str | dict[str, Any]:
+    """``value`` as an expression node; ``ModelTypeError`` naming ``name``'s ``field`` if it
+    cannot be one."""
+    try:
+        return to_node(value)
+    except TypeError as e:
+        raise ModelTypeError(name, field, str(e)) from None
 
 
 def _shape(name: str, shape: Any) -> list[int] | None:
