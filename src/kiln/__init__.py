@@ -9,9 +9,18 @@ from __future__ import annotations
 
 from importlib import import_module
 from importlib import metadata as _metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln import errors
+
+if TYPE_CHECKING:  # the names __getattr__ imports on first use, typed for type checkers
+    from kiln._dispatch import DispatchResult, combine, dispatch
+    from kiln.bayes._sample import sample
+    from kiln.cluster import Cluster, connect, current, shutdown
+    from kiln.code._call import call, map, remote
+    from kiln.code._introspect import inspect, remote_module
+    from kiln.code._ipython import load_ipython_extension
+    from kiln.embeddings._api import embed
 
 try:  # the one place the version is written is pyproject.toml
     __version__ = _metadata.version("kiln")

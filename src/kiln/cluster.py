@@ -26,9 +26,10 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
+from ray.actor import ActorHandle
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -45,6 +46,9 @@ from kiln.errors import (
     NotConnectedError,
     UnknownNodeError,
 )
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 NAMESPACE = "kiln"
 NODE_RESOURCE = preflight.NODE_RESOURCE
@@ -84,7 +88,7 @@ class AgentHandle:
     node: str
     device: str
     node_id: str
-    actor: Any = field(repr=False)
+    actor: ActorHandle = field(repr=False)
 
     def submit(self, capability: str, op: str, payload: Any = None, *,
                job_id: str | None = None) -> Call:
@@ -336,7 +340,7 @@ class Cluster:
             raise UnknownNodeError(node_id, self.node_names())
         return self._start([(rn, device)], env=env, replace=replace)[0]
 
-    def status(self, console: Any = None) -> None:
+    def status(self, console: Console | None = None) -> None:
         """Print the nodes as a table."""
         from kiln._report import print_nodes
 

@@ -211,8 +211,11 @@ class RemoteFunction(Generic[R]):
     def on(self, node: str | None) -> RemoteFunction[R]:
         return RemoteFunction(self.fn, node=node, timeout=self.timeout)
 
-    def map(self, items: Iterable[Any], nodes: Nodes = None, **options: Any) -> list[R]:
-        return map(self.fn, items, nodes=nodes or self.node or "all", **options)
+    def map(self, items: Iterable[Any], nodes: Nodes = None, ordered: bool = True, *,
+            chunksize: int | None = None, star: bool | None = None, progress: bool = False,
+            timeout: float | None = None) -> list[R]:
+        return map(self.fn, items, nodes or self.node or "all", ordered, chunksize=chunksize,
+                   star=star, progress=progress, timeout=timeout)
 
     def local(self, *args: Any, **kwargs: Any) -> R:
         return self.fn(*args, **kwargs)
