@@ -157,7 +157,8 @@ async def agent_pid(url: str) -> int | None:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    head = Head(TOKEN, prefix="kgf", copy_kiln=True)
+    preload = ("--preload", args.preload) if args.preload else ()
+    head = Head(TOKEN, prefix="kgf", copy_kiln=True, up_args=preload)
     results: list[dict[str, Any]] = []
     gateway = None
     try:
@@ -244,6 +245,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             gateway.stop()
         head.remove()
     return {"clients": args.clients, "machine": f"{os.cpu_count()} cores",
+            "loadavg": [round(x, 2) for x in os.getloadavg()], "preload": args.preload,
             "when": time.strftime("%Y-%m-%d %H:%M:%S"), "faults": results}
 
 
@@ -298,6 +300,8 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=5.0, help="seconds of plain load between faults")
     parser.add_argument("--fault", type=float, default=10.0, help="seconds a fault lasts")
     parser.add_argument("--head-down", type=float, default=10.0)
+    parser.add_argument("--preload", default="embed", help="`kiln up --preload` (README's "
+                        "production setting; '' for none)")
     parser.add_argument("--recover", type=float, default=60.0, help="longest wait for recovery")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" /
                                              "gateway-faults-vm.json"))

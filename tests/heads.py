@@ -59,7 +59,8 @@ class Head:
     and a source tree being edited meanwhile would make it refuse.
     """
 
-    def __init__(self, token: str, *, prefix: str = "kh", copy_kiln: bool = False) -> None:
+    def __init__(self, token: str, *, prefix: str = "kh", copy_kiln: bool = False,
+                 up_args: tuple[str, ...] = ()) -> None:
         # Short: Ray's socket paths must stay under 108 bytes.
         self.root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
         (self.root / "home").mkdir()
@@ -67,6 +68,7 @@ class Head:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.copy_kiln = copy_kiln
+        self.up_args = up_args  # more `kiln up` flags, e.g. ("--preload", "embed")
         if copy_kiln:
             import kiln
 
@@ -84,7 +86,8 @@ class Head:
         return {**env, **extra}
 
     def up(self) -> None:
-        r = subprocess.run([str(BIN / "kiln"), "up", "--port", str(self.port), "--name", "head1"],
+        r = subprocess.run([str(BIN / "kiln"), "up", "--port", str(self.port), "--name", "head1",
+                            *self.up_args],
                            env=self.env(), capture_output=True, text=True, timeout=300)
         if r.returncode:
             raise RuntimeError(f"kiln up failed:\n{r.stderr[-3000:]}")
