@@ -541,16 +541,23 @@ def link_down_mid_sample(hosts: Hosts, cluster: NetnsCluster, driver: Driver, se
         r.lost = max(0, chains - r.returned) + sum(d != draws for d in reply["draws"])
         r.recover_s = reply["t1"] - t_fault
         r.note = json.dumps(reply["placement"])
-    elif _typed(reply, node):
-        r.failed_typed = chains
-        r.recover_s = reply["t1"] - t_fault
-        r.note = f"{reply['error']}: {reply['message'][:300]}"
     else:
-        r.lost = chains
-        r.note = f"{reply.get('error')}: {reply.get('message', '')[:300]}"
+        _failed(r, reply, node, chains, t_fault)
     r.detect_s = _detected(driver, node, t_fault)
     r.back_s = restore(hosts, cluster, host, driver, time.time())
     return r
+
+
+def _failed(r: Round, reply: dict, node: str, count: int, t_fault: float) -> None:
+    """A call that failed: with a typed kiln error naming ``node`` (its ``count`` items failed
+    as they should), or not (they are lost)."""
+    if _typed(reply, node):
+        r.failed_typed = count
+        r.recover_s = reply["t1"] - t_fault
+        r.note = f"{reply['error']}: {reply['message'][:300]}"
+    else:
+        r.lost = count
+        r.note = f"{reply.get('error')}: {reply.get('message', '')[:300]}"
 
 
 def _map_round(r: Round, reply: dict, n: int, node: str, t_fault: float) -> None:
@@ -562,13 +569,8 @@ def _map_round(r: Round, reply: dict, n: int, node: str, t_fault: float) -> None
         if got != list(range(n)):
             r.note = f"out of order or missing: {got}"
         r.recover_s = reply["t1"] - t_fault
-    elif _typed(reply, node):
-        r.failed_typed = n
-        r.recover_s = reply["t1"] - t_fault
-        r.note = f"{reply['error']}: {reply['message'][:300]}"
     else:
-        r.lost = n
-        r.note = f"{reply.get('error')}: {reply.get('message', '')[:300]}"
+        _failed(r, reply, node, n, t_fault)
 
 
 def _map_under_fault(r: Round, driver: Driver, n: int, node: str, after: float,
