@@ -135,8 +135,8 @@ def test_an_agent_that_lost_its_code_gets_it_again(embedded):
 
     assert kiln.call(NODE, triple, 2) == 6
     h = embedded.agents(on=NODE)[0]
-    blob = code.pickling.pack_code(triple)
-    code.pickling.ledger.forget(h, blob.digest)  # the driver's record and the agent disagree
+    blob = code._pickling.pack_code(triple)
+    code._pickling.ledger.forget(h, blob.digest)  # the driver's record and the agent disagree
     assert h.invoke("code", "run", {"code": "0" * 64, "calls": []}) == {"missing": "0" * 64}
     assert kiln.call(NODE, triple, 5) == 15
 
@@ -209,7 +209,7 @@ def test_code_needing_a_module_the_node_lacks_is_a_code_error(embedded, tmp_path
     (tmp_path / f"{name}.py").write_text("def g():\n    return 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     module = importlib.import_module(name)
-    code.pickling._decisions[name] = False  # decided: by reference
+    code._pickling._decisions[name] = False  # decided: by reference
     try:
         with pytest.raises(CodeError) as info:
             kiln.call(NODE, module.g)
