@@ -5,7 +5,7 @@ Each message says what happened, where (node, agent, path in the data) and what 
     KilnError
     ├── NotConnectedError          no cluster: call kiln.connect() first
     ├── ConnectError               the Ray cluster could not be reached or attached to
-    ├── PreflightError             an agent refused to start (seed 000's boundary checks)
+    ├── PreflightError             an agent refused to start (its start-up checks)
     │   ├── UnnamedNodeError       the node carries no kiln name / not part of a named cluster
     │   ├── FingerprintMismatchError  versions or kiln's code differ from the driver's
     │   └── DeviceInitError        the agent's device did not initialise

@@ -1,4 +1,4 @@
-"""Code written in the notebook runs on any node (seed 003).
+"""Code written in the notebook runs on any node.
 
 ``call`` / ``map`` / ``remote`` run notebook-defined code on agents (shipped by value, once per
 agent), ``inspect`` / ``remote_module`` look at a node from the driver, and

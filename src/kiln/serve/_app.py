@@ -91,7 +91,7 @@ def create_app(cluster: Any = _CURRENT, *, strategy: str = "round_robin",
             hook()
 
     app = FastAPI(title="kiln gateway", version=__version__, lifespan=lifespan,
-                  description="Embedding inference across a kiln cluster (seed 002).")
+                  description="Embedding inference across a kiln cluster.")
     app.state.kiln = Served(gateway, metrics, limits, list(models or DEFAULT_MODELS))
     app.state.gateway = gateway
     app.state.metrics = metrics
