@@ -66,17 +66,21 @@ class _Coalesced:
 
     def __init__(self, coalescer: Coalescer, agent: Any, payload: dict[str, Any]) -> None:
         self._coalescer, self._agent, self._payload = coalescer, agent, payload
-        self._task: asyncio.Future | None = None
+        self._future: asyncio.Future | None = None
+
+    def start(self) -> asyncio.Future:
+        if self._future is None:
+            self._future = self._coalescer.submit(
+                self._agent, self._payload["texts"], self._payload["model"],
+                self._payload.get("cache", True))
+        return self._future
 
     def __await__(self):
-        self._task = asyncio.ensure_future(self._coalescer.encode(
-            self._agent, self._payload["texts"], self._payload["model"],
-            self._payload.get("cache", True)))
-        return self._task.__await__()
+        return self.start().__await__()
 
     def cancel(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        if self._future is not None:
+            self._future.cancel()
 
 
 class _ClusterLost(Exception):
@@ -141,6 +145,8 @@ class Gateway:
         # request's deadline, so the refresher declares it gone after two missed checks.
         self._missed: dict[str, int] = {}
         self._gone: dict[str, asyncio.Event] = {}
+        # One waiting task per event, shared by every call in flight (``_waiter``).
+        self._waiters: dict[asyncio.Event, asyncio.Future] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -167,6 +173,9 @@ class Gateway:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        for waiter in self._waiters.values():
+            waiter.cancel()
+        self._waiters.clear()
         await self.link.stop()
 
     async def _watch(self) -> None:
@@ -226,6 +235,7 @@ class Gateway:
         event = self._gone.pop(name, None)
         if event is not None:
             event.set()
+            self._waiters.pop(event, None)  # the calls waiting on it hold it until they see it
 
     def _set_agents(self, agents: list[Any]) -> None:
         self.agents = agents
@@ -355,15 +365,10 @@ class Gateway:
     async def _answer(self, call: Any, left: float, name: str) -> Any:
         """``call``'s result within ``left`` s (TimeoutError); ``_ClusterLost`` as soon as the
         cluster is lost, ``_AgentGone`` as soon as the refresher gives up on the agent."""
-        work = asyncio.ensure_future(_awaited(call))
-        lost = asyncio.ensure_future(self.link.lost.wait())
-        gone = asyncio.ensure_future(self._gone.setdefault(name, asyncio.Event()).wait())
-        try:
-            await asyncio.wait({work, lost, gone}, timeout=left,
-                               return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            lost.cancel()
-            gone.cancel()
+        work = call.start() if isinstance(call, _Coalesced) else asyncio.ensure_future(_awaited(call))
+        lost = self._waiter(self.link.lost)
+        gone = self._waiter(self._gone.setdefault(name, asyncio.Event()))
+        await asyncio.wait({work, lost, gone}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
         if work.done():
             return work.result()
         work.cancel()
@@ -372,6 +377,14 @@ class Gateway:
         if gone.done() and not gone.cancelled():
             raise _AgentGone()
         raise TimeoutError()
+
+    def _waiter(self, event: asyncio.Event) -> asyncio.Future:
+        """A task done when ``event`` is set, one per event, shared by every call in flight:
+        three tasks a request cost the gateway a visible share of its CPU at 64 clients."""
+        waiter = self._waiters.get(event)
+        if waiter is None or (waiter.done() and not event.is_set()):
+            waiter = self._waiters[event] = asyncio.ensure_future(event.wait())
+        return waiter
 
     def _submit(self, agent: Any, payload: dict[str, Any]) -> Any:
         """One attempt on ``agent``: through the coalescer (requests for the same agent ride
@@ -497,6 +510,8 @@ async def _awaited(call: Any) -> Any:
 async def _all_or_first_error(coros: list[Any]) -> list[Any]:
     """Run ``coros`` at once; the first that raises cancels the others (and so their calls on
     the agents) and its error is raised once they have stopped."""
+    if len(coros) == 1:  # one group (most requests): no task of its own to make
+        return [await coros[0]]
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
