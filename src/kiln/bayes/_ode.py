@@ -16,8 +16,15 @@ sampler rejects that point instead of stopping; a failed Newton step of the impl
 gives NaN in the solution or its gradient (`failures_as_nan`), which the sampler rejects
 likewise, as Stan rejects a proposal whose ODE solve fails.
 
+`steps=k` (the node's "steps", absent by default) solves with fixed steps: k equal steps of
+the method per interval between output times, with no step-size controller, so the cost is
+the same at every point and the derivative a scan back over the steps (an adaptive solve
+may take up to max_steps far from the posterior, and vectorised chains wait for the
+slowest). rtol and atol still bound each step's error estimate: a step over them gives inf,
+so a step too coarse for the parameters is rejected, never sampled with a wrong solution.
+
     {"op": "ode", "args": [y0, times, t0], "rhs": <graph over slots t, y>,
-     "method": "dopri5", "rtol": 1e-6, "atol": 1e-6, "max_steps": 4096}
+     "method": "dopri5", "rtol": 1e-6, "atol": 1e-6, "max_steps": 4096, "steps": 4}
 """
 
 from __future__ import annotations
@@ -35,21 +42,33 @@ METHODS = ("dopri5", "tsit5", "dopri8", "kvaerno5")
 
 def ode(rhs: Callable[[Expr, Expr], Any], y0: Any, times: Any, t0: Any = 0.0, *,
         method: str = "dopri5", rtol: float = 1e-6, atol: float = 1e-6,
-        max_steps: int = 4096) -> Expr:
-    """y(times) for dy/dt = rhs(t, y), y(t0) = y0; shape `(len(times),) + y0's shape`."""
+        max_steps: int = 4096, steps: int | None = None) -> Expr:
+    """y(times) for dy/dt = rhs(t, y), y(t0) = y0; shape `(len(times),) + y0's shape`.
+
+    `steps=k` solves with fixed steps, k per interval between output times, instead of
+    adaptive ones (`rtol`, `atol` and `max_steps` then go unused)."""
     if method not in METHODS:
         raise ModelTypeError(None, "ode.method", f"{method!r}; one of {', '.join(METHODS)}")
+    if steps is not None and not _count(steps):
+        raise ModelTypeError(None, "ode.steps", f"{steps!r}; a whole number of steps >= 1, or None")
     try:
         dy = to_node(rhs(Expr({"slot": "t"}), Expr({"slot": "y"})))
         args = [to_node(y0), to_node(times), to_node(t0)]
     except TypeError as e:
         raise ModelTypeError(None, "ode", str(e)) from None
-    return Expr({"op": "ode", "args": args, "rhs": dy, "method": method, "rtol": float(rtol),
-                 "atol": float(atol), "max_steps": int(max_steps)})
+    node = {"op": "ode", "args": args, "rhs": dy, "method": method, "rtol": float(rtol),
+            "atol": float(atol), "max_steps": int(max_steps)}
+    if steps is not None:
+        node["steps"] = steps
+    return Expr(node)
 
 
 def _positive(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
 def _shape(_: list[Any], node: dict[str, Any], ctx: Ctx) -> tuple[int, ...]:
@@ -105,6 +124,11 @@ def _eval(node: dict[str, Any], env: Any, xp: Any, const: Any, slots: Any) -> An
     def f(t: Any, y: Any, args: Any) -> Any:
         return evaluate(node["rhs"], env, xp, const, {**(slots or {}), "t": t, "y": y})
 
+    if "steps" in node:
+        ys, worst = _fixed_steps(diffrax.ODETerm(f), _solver(node.get("method", "dopri5")), y0,
+                                 times, t0, node["steps"], node.get("rtol", 1e-6),
+                                 node.get("atol", 1e-6))
+        return xp.where(worst <= 1.0, ys, xp.inf)
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(f), _solver(node.get("method", "dopri5")), t0=t0, t1=times[-1],
         dt0=None, y0=y0, saveat=diffrax.SaveAt(ts=times),
@@ -114,8 +138,48 @@ def _eval(node: dict[str, Any], env: Any, xp: Any, const: Any, slots: Any) -> An
     return sol.ys
 
 
+def _fixed_steps(term: Any, solver: Any, y0: Any, times: Any, t0: Any, steps: int,
+                 rtol: float, atol: float) -> tuple[Any, Any]:
+    """(y(times), worst error): `steps` equal steps of `solver` over each interval of
+    (t0, *times), and the largest of the steps' error estimates over atol + rtol |y| (the
+    norm diffrax's PIDController holds at 1).
+
+    The number of steps is known when the program is traced, so the solve is two nested
+    `lax.scan`s and its derivative a scan backwards over the stored stages: no while loop,
+    no step-size controller, no checkpoints to recompute. Each output time is a step's end,
+    so the solution there is the solver's own, not an interpolation. A failed step (an
+    implicit method's Newton iteration) gives NaN, as a failed adaptive solve gives inf.
+    """
+    import diffrax
+    import jax
+    import jax.numpy as jnp
+
+    def interval(carry: Any, ends: Any) -> Any:
+        a, b = ends
+        h = (b - a) / steps
+
+        def step(carry: Any, i: Any) -> Any:
+            y, state, worst = carry
+            # the last step ends at b exactly, so rounding of a + i h does not build up
+            t1 = jnp.where(i == steps - 1, b, a + (i + 1) * h)
+            y1, y_error, _, state, result = solver.step(term, a + i * h, t1, y, None, state,
+                                                        made_jump=False)
+            y1 = jnp.where(result == diffrax.RESULTS.successful, y1, jnp.nan)
+            scale = atol + rtol * jnp.maximum(jnp.abs(y), jnp.abs(y1))
+            error = jnp.sqrt(jnp.mean(jax.lax.stop_gradient(y_error / scale) ** 2))
+            return (y1, state, jnp.maximum(worst, error)), None
+
+        carry, _ = jax.lax.scan(step, carry, jnp.arange(steps))
+        return carry, carry[0]
+
+    state = solver.init(term, t0, times[0], y0, None)
+    edges = jnp.concatenate([jnp.reshape(t0, (1,)).astype(times.dtype), times])
+    (_, _, worst), ys = jax.lax.scan(interval, (y0, state, jnp.zeros((), y0.dtype)),
+                                     (edges[:-1], edges[1:]))
+    return ys, worst
+
+
 register("ode", Op(3, _shape, lambda xp, a, n: None, evaluate=_eval, subgraphs=("rhs",),
                    slots=lambda node: ("t", "y"),
                    statics={"method": lambda v: v in METHODS, "rtol": _positive,
-                            "atol": _positive,
-                            "max_steps": lambda v: isinstance(v, int) and v >= 1}))
+                            "atol": _positive, "max_steps": _count, "steps": _count}))
