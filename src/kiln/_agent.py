@@ -56,6 +56,7 @@ from kiln.errors import (
 WORK_THREADS = 64          # jobs at once: long runs beside many small embedding requests
 CONTROL_THREADS = 8        # cancel / progress / info / ready: never queued behind jobs
 CONCURRENCY_GROUPS = {"control": CONTROL_THREADS}
+WARM_WAIT_S = 300.0        # a job after a restart waits this long at most for the warm-up
 HARD_CANCEL_AFTER_S = 1.0  # a cancelled job of user code gets CancelledError raised after this
 STUCK_AFTER_S = 30.0       # ... and counts as stuck if it still runs this long after its cancel
 _EARLY_CANCELS = 4096      # cancels that arrived before their job: remembered, bounded
@@ -176,7 +177,11 @@ class Agent:
         self.preload = _preload()
         for capability in self.preload:
             self.rewarm.setdefault(capability, [])
-        if self.rewarm:
+        # set once the warm-up is over: jobs wait for it (see run)
+        self._warmed = threading.Event()
+        if not self.rewarm:
+            self._warmed.set()
+        else:
             threading.Thread(target=self._rewarm, name="kiln-agent-rewarm", daemon=True).start()
         self._preflight(driver_fingerprint)
         self.startup.update(_startup_times(init_at, self.checks))
@@ -206,6 +211,12 @@ class Agent:
         """A restarted agent imports what its capabilities had imported and makes their states
         now, in the background, rather than on the first job after the restart (module
         docstring of ``kiln._deaths``)."""
+        try:
+            self._warm_up()
+        finally:
+            self._warmed.set()
+
+    def _warm_up(self) -> None:
         began = time.perf_counter()
         for capability, modules in self.rewarm.items():
             for module in modules:
@@ -319,6 +330,10 @@ class Agent:
             self._jobs[job_id] = job
         self.ctx._count(capability, +1)
         try:
+            # A job that imported the same packages beside the warm-up's thread raced it:
+            # transformers, imported from two threads at once, raised "cannot import name
+            # 'AutoModel'" (a 422 at the gateway). The job needs those imports anyway.
+            self._warmed.wait(timeout=WARM_WAIT_S)
             result = fn(self._state_for(capability, module), payload, ctx)
             if cancel.is_set():
                 raise CancelledError(f"job {job_id} was cancelled on {self.name}")
