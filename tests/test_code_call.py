@@ -235,10 +235,10 @@ def test_map_passes_non_tuple_items_whole_and_unordered_keeps_every_result(embed
     assert sorted(out) == [2 * i for i in range(30)]
 
 
-def test_map_can_show_a_text_progress_bar(embedded, capsys):
+def test_map_can_show_a_progress_bar(embedded, capsys):
     assert kiln.map(abs, [-1, -2, -3, -4], chunksize=1, progress=True) == [1, 2, 3, 4]
-    err = capsys.readouterr().err
-    assert "abs [" in err and "4/4 (local: 4)" in err
+    err = " ".join(capsys.readouterr().err.split())
+    assert "abs" in err and "4/4" in err and "local: 4" in err, err
 
 
 def test_map_names_the_item_that_raised(embedded):

@@ -12,7 +12,6 @@ import functools
 import itertools
 import logging
 import math
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar, overload
 
@@ -150,26 +149,27 @@ def _accept(blob: CodeBlob, chunks: list[range] | None
 
 
 class _Progress:
-    """A one-line text bar on stderr: plain text works in terminals and notebooks alike."""
+    """A rich progress bar, as ``kiln.sample``'s: items done, and how many each node did."""
 
     def __init__(self, name: str, total: int) -> None:
-        self.name, self.total, self.done = name, total, 0
+        from rich import progress as rp
+        from rich.console import Console
+
         self.by_node: dict[str, int] = {}
+        self.progress = rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(),
+                                    rp.MofNCompleteColumn(), rp.TextColumn("{task.fields[nodes]}"),
+                                    rp.TimeElapsedColumn(), transient=False,
+                                    console=Console(stderr=True))
+        self.task = self.progress.add_task(name, total=total, nodes="")
+        self.progress.start()
 
     def advance(self, node: str, n: int) -> None:
-        self.done += n
         self.by_node[node] = self.by_node.get(node, 0) + n
-        width = 24
-        filled = width * self.done // max(self.total, 1)
         nodes = ", ".join(f"{k}: {v}" for k, v in sorted(self.by_node.items()))
-        sys.stderr.write(f"\r{self.name} [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{self.done}/{self.total} ({nodes})")
-        sys.stderr.flush()
+        self.progress.update(self.task, advance=n, nodes=nodes)
 
     def close(self) -> None:
-        if self.done:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+        self.progress.stop()
 
 
 @overload
