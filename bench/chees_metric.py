@@ -39,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.sampling import has_gpu  # noqa: E402
+from bench.sampling import has_gpu, persistent_jax_cache  # noqa: E402
 
 # name: (_chees.MASS_MATRIX, _chees.LENGTH_FLOOR, _chees.FLOOR_IN_WARMUP)
 VARIANTS = {"identity": (None, None, False), "ensemble": ("ensemble", None, False),
@@ -214,6 +214,7 @@ def main() -> None:
                          "the CPU, more on the GPU when there is one")
     ap.add_argument("--out", default=f"bench/results/chees-metric-{socket.gethostname()}.json")
     args = ap.parse_args()
+    cache = persistent_jax_cache()  # noqa: F841 - NumPyro's re-compiles: see there
 
     import jax
 

@@ -48,18 +48,19 @@ import platform
 import socket
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 from posteriordb import models, reference  # noqa: E402
 from posteriordb.test_posteriordb import ALL  # noqa: E402
 
+from bench.sampling import persistent_jax_cache  # noqa: E402
 from kiln.bayes import _engine as engine  # noqa: E402
 from kiln.bayes._compile import numpyro_model, split_constants  # noqa: E402
 
@@ -217,10 +218,7 @@ def main() -> None:
 
     # NumPyro compiles again on every warm `.run()` (the module docstring says why); a fresh
     # persistent cache serves those compiles, so its timed runs don't pay for them
-    cache = tempfile.TemporaryDirectory(prefix="posteriordb-jax-cache-")
-    jax.config.update("jax_compilation_cache_dir", cache.name)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    cache = persistent_jax_cache()  # noqa: F841 - kept for the process's life
     if args.chain_method == "parallel" and jax.local_device_count() < 4:
         sys.exit("--chain-method parallel needs XLA_FLAGS=--xla_force_host_platform_device_count=4")
     result: dict[str, Any] = {

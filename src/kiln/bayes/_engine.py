@@ -6,7 +6,8 @@ steps and draws `t0 .. t1` of every chain, `vmap`ped, the state and the draw buf
 on the device from one call to the next) and `finish` (draws to constrained values,
 deterministics and pointwise log-likelihoods). Model constants and data are arguments, so a
 second call with new values of the same shapes runs the cached executables (DESIGN.md: ~0.1 s
-warm for the seed 001 model on a 2-core CPU, where NumPyro's `MCMC` takes 3.4 s).
+warm for the seed 001 model on a 2-core CPU; NumPyro's `MCMC` 0.57 s warm with JAX's
+persistent cache serving the loop it compiles again on every `.run()`: bench/sampling.py).
 
 Long: one run's orchestration (device choice, arguments, chunking, cancellation, progress,
 assembling the result) in one place; the kernels are in `_nuts`, `_chees`, `_adapt`.
