@@ -113,11 +113,23 @@ def test_a_user_init_is_where_the_chains_start():
         engine.run(seed_model(), 4, warmup=0, draws=1, init={"mu": 2.2, "sigma": -1.0})
 
 
+def test_a_chain_never_starts_where_the_gradient_overflows():
+    # log p = -exp(60 x): past x ~ 0.7 the gradient is over 1e20 (arma11's |theta| > 1 is such a
+    # region); a chain started there cannot move (every proposal is rejected), so its one draw
+    # after one transition would still be there. 64 chains: ~21 would start there by Stan's rule.
+    model = Model().rv("x", Custom(lambda v: -jnp.exp(60.0 * v))).to_dict()
+    r = engine.run(model, 64, seed=3, warmup=0, draws=1)
+    x = np.asarray(r["samples"]["x"]).reshape(-1)  # one draw per chain (some may diverge)
+    assert np.all(np.isfinite(x)) and x.max() < 0.7, np.sort(x)[-5:]
+    assert x.min() < -1.0  # the starts still cover the prior's box below the bound
+
+
 def test_a_numerically_failed_chain_is_reported_not_hidden():
     broken = Model().rv("x", Custom(lambda v: jnp.nan * v)).to_dict()
     r = engine.run(broken, 4, seed=0, warmup=20, draws=20)
     assert r["failed_chains"] == [0, 1, 2, 3]
-    assert "chain 0 failed numerically: no finite initial point in 100 tries" in r["warnings"][0]
+    assert ("chain 0 failed numerically: no initial point in 100 tries with a finite log density"
+            in r["warnings"][0])
 
 
 def test_device_choice_on_cpu_and_gpu_agents():

@@ -57,6 +57,7 @@ from ._cache import ProgramCache  # noqa: E402
 from ._compile import Compiled, compile_model, split_constants  # noqa: E402
 from ._options import DEVICES, METHODS, SampleOptions  # noqa: E402, F401
 from ._program import (  # noqa: E402
+    INIT_MAX_GRADIENT,
     TRACE_LOCK,
     Programs,
     Settings,
@@ -391,7 +392,8 @@ def _assemble(out: dict[str, Any], chain_ids: list[int], cm: Compiled, s: Settin
     for j, ch in enumerate(chain_ids):
         problems = []
         if not bool(out["init_ok"][j]):
-            problems.append("no finite initial point in 100 tries")
+            problems.append("no initial point in 100 tries with a finite log density and a "
+                            f"gradient below {INIT_MAX_GRADIENT:g}")
         if any(not np.all(np.isfinite(v[j])) for v in samples.values()):
             problems.append("NaN or inf in its draws")
         ndiv = int(stats["diverging"][j].sum())
