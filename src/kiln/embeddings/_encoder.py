@@ -42,10 +42,13 @@ class Encoder:
         self._text, self._names, self._extras, self.slow_reason = fast_path(self.model, self.max_length)
         self._lock = threading.Lock()
         self._graphs = None
+        self.graphs_ready = threading.Event()  # the common shapes are captured (or no graphs)
         graph_tokens = self.token_budget if graph_tokens is None else graph_tokens
         if gpu and self._text is not None and graph_tokens > 0:
             self._graphs = CudaGraphs(self._embed, device, graph_tokens, self.max_length, self._names)
             threading.Thread(target=self._capture_ahead, name="kiln-cuda-graphs", daemon=True).start()
+        else:
+            self.graphs_ready.set()
 
     def _capture_ahead(self) -> None:
         """Capture the common graph shapes now, one at a time under the encode lock, so that
@@ -53,10 +56,13 @@ class Encoder:
         import torch
 
         assert self._graphs is not None
-        for shape in self._graphs.common_shapes():
-            with self._lock, torch.inference_mode():
-                if not self._graphs.prepare(shape):
-                    return
+        try:
+            for shape in self._graphs.common_shapes():
+                with self._lock, torch.inference_mode():
+                    if not self._graphs.prepare(shape):
+                        return
+        finally:
+            self.graphs_ready.set()
 
     @property
     def name(self) -> str:
@@ -146,4 +152,5 @@ class Encoder:
                 "fast_path": self._text is not None,
                 "slow_reason": self.slow_reason,
                 "cuda_graphs": len(self._graphs) if self._graphs is not None else 0,
+                "cuda_graphs_ready": self.graphs_ready.is_set(),
                 "cuda_graph_error": self._graphs.error if self._graphs is not None else ""}
