@@ -57,7 +57,7 @@ def warmup_steps(s: Settings) -> int:
 
 # A start whose gradient is past this is drawn again (build_start); a finite one this large
 # means an overflowing model region, not a steep posterior (lotka_volterra's ODE sensitivities
-# over 20 time units reach ~1e9).
+# over 20 time units: about e^20 ~ 1e9, an estimate).
 INIT_MAX_GRADIENT = 1e20
 
 
