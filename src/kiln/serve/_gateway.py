@@ -32,13 +32,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from kiln._routing import STRATEGIES, Router, make_router, plan
 from kiln._settings import settings
 from kiln.embeddings import is_retryable
 from kiln.errors import AgentLostError, DeadlineExceededError, GatewayError, NoAgentsError
 from kiln.serve._attach import ClusterLink
 from kiln.serve._coalesce import Coalescer
 from kiln.serve._metrics import Metrics
-from kiln.serve._routing import STRATEGIES, Router, make_router, plan
 
 log = logging.getLogger("kiln.serve")
 

@@ -84,7 +84,7 @@ class ServeOptions:
     def check(self) -> str | None:
         """Raise ``GatewayError`` (one line, naming the option) for what cannot work; returns
         the API key (read from its file)."""
-        from kiln.serve._routing import STRATEGIES
+        from kiln._routing import STRATEGIES
 
         if self.strategy not in STRATEGIES:
             raise GatewayError(f"--strategy {self.strategy!r}: unknown; use one of "
