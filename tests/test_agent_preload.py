@@ -42,3 +42,21 @@ def test_an_agent_started_with_preload_has_the_default_model_before_any_job(no_c
         assert info["embed"]["requests"] == 0  # loaded by the start, not by a job
     finally:
         kiln.shutdown()
+
+
+@pytest.mark.slow
+def test_a_preload_that_fails_says_why_and_the_job_gets_the_same_clear_error(no_cluster, tmp_path):
+    missing = str(tmp_path / "no-model-here")
+    cluster = kiln.connect(name="local", agent_env={"KILN_AGENT_PRELOAD": "embed",
+                                                     "KILN_EMBED_MODEL_DEFAULT": missing})
+    try:
+        agent = cluster.agents()[0]
+        deadline = time.monotonic() + 240
+        while agent.info(timeout=60)["rewarming"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        why = agent.info()["preload_errors"]["embed"]
+        assert "ModelNotAvailableError" in why and missing in why
+        with pytest.raises(kiln.errors.ModelNotAvailableError, match="no-model-here"):
+            kiln.embed(["hello"])
+    finally:
+        kiln.shutdown()

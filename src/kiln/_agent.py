@@ -43,7 +43,7 @@ import ray
 from kiln import _deaths
 from kiln import _preflight as preflight
 from kiln._boundary import to_wire
-from kiln._protocol import CAPABILITIES, AgentContext, JobContext
+from kiln._protocol import CAPABILITIES, AgentContext, JobContext, capabilities_named
 from kiln.errors import (
     AgentMemoryError,
     CancelledError,
@@ -175,6 +175,7 @@ class Agent:
         # that the checks refuse is stopped by its driver anyway.
         self.rewarm = _deaths.previously_loaded(self.name, self.actor_id)
         self.preload = _preload()
+        self.preload_errors: dict[str, str] = {}  # in info(): why a preload failed
         for capability in self.preload:
             self.rewarm.setdefault(capability, [])
         # set once the warm-up is over: jobs wait for it (see run)
@@ -233,7 +234,12 @@ class Agent:
                 if capability in self.preload and hasattr(module, "warm"):
                     module.warm(state)
             except BaseException as err:  # noqa: BLE001 - the first job makes it and says why
-                logging.getLogger("kiln").debug("rewarm state %s: %s", capability, err)
+                if capability in self.preload:  # asked for by name: say so where it is seen
+                    self.preload_errors[capability] = f"{type(err).__name__}: {err}"
+                    logging.getLogger("kiln").warning("KILN_AGENT_PRELOAD %s failed: %s",
+                                                      capability, err)
+                else:
+                    logging.getLogger("kiln").debug("rewarm state %s: %s", capability, err)
         self.startup["rewarm_s"] = round(time.perf_counter() - began, 3)
 
     def _note_loaded(self, capability: str) -> None:
@@ -333,7 +339,12 @@ class Agent:
             # A job that imported the same packages beside the warm-up's thread raced it:
             # transformers, imported from two threads at once, raised "cannot import name
             # 'AutoModel'" (a 422 at the gateway). The job needs those imports anyway.
-            self._warmed.wait(timeout=WARM_WAIT_S)
+            waited_until = time.monotonic() + WARM_WAIT_S
+            while (not self._warmed.wait(0.25) and not cancel.is_set()
+                   and time.monotonic() < waited_until):
+                pass
+            if cancel.is_set():
+                raise CancelledError(f"job {job_id} was cancelled on {self.name}")
             result = fn(self._state_for(capability, module), payload, ctx)
             if cancel.is_set():
                 raise CancelledError(f"job {job_id} was cancelled on {self.name}")
@@ -452,6 +463,7 @@ class Agent:
             "startup": dict(self.startup),
             # a restarted agent re-imports in the background: its memory is still growing
             "rewarming": bool(self.rewarm) and "rewarm_s" not in self.startup,
+            "preload_errors": dict(self.preload_errors),
         }
         if self.refusal is None:
             out.update(_device_memory(self.device))
@@ -462,12 +474,11 @@ def _preload() -> list[str]:
     """The capabilities ``KILN_AGENT_PRELOAD`` names (unknown names are left out, and logged)."""
     from kiln._settings import settings
 
-    names = [n.strip() for n in settings().agent_preload.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CAPABILITIES]
+    known, unknown = capabilities_named(settings().agent_preload)
     if unknown:
         logging.getLogger("kiln").warning("KILN_AGENT_PRELOAD: unknown capabilities %s (known: %s)",
                                           unknown, ", ".join(CAPABILITIES))
-    return [n for n in names if n in CAPABILITIES]
+    return known
 
 
 def _startup_times(init_at: float, checks: list[dict[str, Any]]) -> dict[str, float]:

@@ -38,6 +38,13 @@ CAPABILITIES: dict[str, str] = {
 }
 
 
+def capabilities_named(text: str) -> tuple[list[str], list[str]]:
+    """(known, unknown) capability names of a comma-separated list (``KILN_AGENT_PRELOAD``,
+    ``kiln up --preload``)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    return [n for n in names if n in CAPABILITIES], [n for n in names if n not in CAPABILITIES]
+
+
 # What crosses the seam: plain data by key (the payloads' keys are each op's, documented in
 # its worker module), with numpy arrays where a capability needs them.
 Payload: TypeAlias = dict[str, Any]

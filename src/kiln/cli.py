@@ -387,13 +387,12 @@ def up(host: Annotated[str, typer.Option(
 
 def _preload_env(preload: str) -> dict[str, str]:
     """KILN_AGENT_PRELOAD for the node's processes (its agents inherit it), checked here."""
-    from kiln._protocol import CAPABILITIES
+    from kiln._protocol import CAPABILITIES, capabilities_named
 
-    names = [n.strip() for n in preload.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CAPABILITIES]
+    known, unknown = capabilities_named(preload)
     if unknown:
         _fail(f"--preload {preload}: unknown {', '.join(unknown)}; one of {', '.join(CAPABILITIES)}")
-    return {"KILN_AGENT_PRELOAD": ",".join(names)} if names else {}
+    return {"KILN_AGENT_PRELOAD": ",".join(known)} if known else {}
 
 
 @app.command()
