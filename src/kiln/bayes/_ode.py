@@ -46,7 +46,8 @@ def ode(rhs: Callable[[Expr, Expr], Any], y0: Any, times: Any, t0: Any = 0.0, *,
     """y(times) for dy/dt = rhs(t, y), y(t0) = y0; shape `(len(times),) + y0's shape`.
 
     `steps=k` solves with fixed steps, k per interval between output times, instead of
-    adaptive ones (`rtol`, `atol` and `max_steps` then go unused)."""
+    adaptive ones: `max_steps` then goes unused, and `rtol`/`atol` bound each step's error
+    estimate (a step over them gives inf, which the sampler rejects)."""
     if method not in METHODS:
         raise ModelTypeError(None, "ode.method", f"{method!r}; one of {', '.join(METHODS)}")
     if steps is not None and not _count(steps):
