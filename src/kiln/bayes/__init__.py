@@ -9,7 +9,7 @@
     post = kiln.sample(model, chains=4, warmup=500, draws=1000)
 
 Importing this does not import jax: the driver builds and validates plain data, and
-the agents compile it (compile.py, engine.py). The language: docs/model-language.md.
+the agents compile it (_compile.py, _engine.py). The language: docs/model-language.md.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ from ._scan import scan
 from ._shorthand import spec_to_model
 from ._warn import ModelWarning
 
-# every distribution class is exported under its name: declaring one in distributions.py
+# every distribution class is exported under its name: declaring one in _distributions.py
 # is the only place a new distribution touches
 globals().update({name: getattr(_distributions, name) for name in _REGISTRY})
 

@@ -1,7 +1,7 @@
 """Checks of distribution nodes on the driver: structure, shapes, constant domains, data.
 
 Read from each distribution's spec (`_dist.py`); nothing here names a distribution.
-`validate.py` calls these for every distribution of a model, those inside `logp` too.
+`_validate.py` calls these for every distribution of a model, those inside `logp` too.
 """
 
 from __future__ import annotations

@@ -166,7 +166,7 @@ def numpyro_model(structure: dict[str, Any]) -> Callable[[Any], Any]:
 
 
 def _constrained(d: Any, c: Any, env: dict[str, Any], const: Callable[[Any], Any]) -> Any:
-    """`d`'s density on a declared constraint (constraints.py)."""
+    """`d`'s density on a declared constraint (_constraints.py)."""
     import jax.numpy as jnp
     from numpyro.distributions import constraints
 

@@ -3,8 +3,8 @@
 A distribution is a class whose `spec` carries everything kiln needs to know about it:
 its parameters with their domains, its support, its event rank, and `make`, the function
 that builds the NumPyro distribution on the agent. Declaring the class registers it
-(`REGISTRY`), so a new distribution touches one place: its class in `distributions.py`.
-Validation (`validate.py`) and compilation (`compile.py`) read the spec and never name a
+(`REGISTRY`), so a new distribution touches one place: its class in `_distributions.py`.
+Validation (`_validate.py`) and compilation (`_compile.py`) read the spec and never name a
 distribution.
 
 A distribution node is a JSON object:

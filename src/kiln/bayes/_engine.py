@@ -34,7 +34,7 @@ imported): log densities must match closed forms to 1e-6 relative, and the model
 runs are small enough that float64 costs little even on a GPU.
 
 `run()` and `warmup()` are plain functions, callable in-process (tests, benchmarks);
-`worker.py` calls them inside an agent.
+`_worker.py` calls them inside an agent.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def run(model: dict[str, Any], chains: list[int] | int, seed: int = 0, *,
     `max_tree_depth`, `method`, `mass_matrix`, `device`, `log_likelihood`), validated here.
     When `should_stop()` turns true the run stops within about `CHUNK_SECONDS` plus one
     compiled chunk and raises `CancelledError`. Returns plain data: the result dict
-    described in worker.py.
+    described in _worker.py.
     """
     t_start = time.perf_counter()
     opts = options if options is not None else SampleOptions.parse({"seed": seed, **settings})

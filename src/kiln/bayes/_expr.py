@@ -5,7 +5,7 @@ A parameter is a JSON node, one of
     2.5                                   a number
     "mu"                                  a reference to a variable or data of the model
     {"array": [[1, 2], [3, 4]], "dtype": "float64"}   a constant array
-    {"op": "add", "args": [node, node]}   an operation (the table `OPS`; ops.py, _scan.py, _ode.py)
+    {"op": "add", "args": [node, node]}   an operation (the table `OPS`; _ops.py, _scan.py, _ode.py)
     {"op": "sum", "args": [node], "axis": 0}          an operation with static attributes
     {"slot": "carry"}                     a local value inside a scan step or an ODE right side
 
@@ -144,7 +144,7 @@ def _reduce(op: str, x: Any, axis: int | None) -> Expr:
 
 
 def index_node(x: Any, idx: Any) -> dict[str, Any]:
-    """The node of `x[idx]`, built with NumPy's rules for what `idx` may be (indexing.py
+    """The node of `x[idx]`, built with NumPy's rules for what `idx` may be (_indexing.py
     has the node's format, shape rule and value)."""
     items: list[Any] = []
     args: list[Any] = [x]

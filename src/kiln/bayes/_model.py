@@ -15,9 +15,9 @@ A model is an ordered list of entries, each a JSON object:
     {"kind": "factor", "name": "prior_mu1", "expr": <expr>}     (Stan's target += expr)
 
 An rv entry may add `"constraint": "ordered"` or `{"lower": <expr>, "upper": <expr>}`
-(constraints.py). The whole language: docs/model-language.md.
+(_constraints.py). The whole language: docs/model-language.md.
 
-`to_json()` is what crosses the wire; the agent compiles it (`compile.py`). Problems a
+`to_json()` is what crosses the wire; the agent compiles it (`_compile.py`). Problems a
 single entry shows are raised when it is added; problems between entries (unknown
 names, cycles, shapes) by `validate()`, which `kiln.sample` calls before any agent.
 """

@@ -97,7 +97,7 @@ class SampleOptions(_Options):
     target_accept: Number = Field(0.8, gt=0, lt=1)
     max_tree_depth: Int = Field(10, ge=1, le=30)
     method: Literal["nuts", "chees"] = "nuts"
-    # "auto": dense up to engine.DENSE_MAX_DIM parameters, diagonal above (engine.py says why)
+    # "auto": dense up to _engine.DENSE_MAX_DIM parameters, diagonal above (_engine.py says why)
     mass_matrix: Literal["auto", "diag", "dense"] = "auto"
     device: Literal["auto", "cpu", "gpu"] = "auto"
     log_likelihood: bool = True

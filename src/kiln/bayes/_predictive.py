@@ -1,7 +1,7 @@
 """Prior and posterior predictive draws, run on the driver with NumPyro.
 
 Predictive checks are cheap next to sampling, so they run in the calling process:
-the model compiles to the same NumPyro model the agents use (compile.py).
+the model compiles to the same NumPyro model the agents use (_compile.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The three compiled programs of a run: `start`, `steps` (any chunk t0 .. t1), `finish`.
 
-engine.py says how they are used; _nuts.py, _chees.py and _adapt.py hold the samplers.
+_engine.py says how they are used; _nuts.py, _chees.py and _adapt.py hold the samplers.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     post = kiln.sample(model, chains=4, warmup=500, draws=1000, on="gpu1", seed=1)
 
-Each chosen agent runs its share of the chains in one compiled program (engine.py).
+Each chosen agent runs its share of the chains in one compiled program (_engine.py).
 Chain `i`'s key derives from `(seed, i)` only, so a chain re-run elsewhere — because
 its agent died — gives the same draws, and the run still returns every chain;
 `timeout` is one deadline for the whole call (its work is cancelled on the agents). `warmup_mode="shared"` warms up once (eXMC's protocol) and sends

@@ -5,7 +5,7 @@ Ops: `sample(state, payload, ctx)` and `warmup(state, payload, ctx)`; `info(stat
 Payload (`kiln.dispatch` and `kiln.sample` send it):
 
     {"model": <Model.to_dict() or a NumPyro-function payload>,
-     "chains": [chain indices], "options": SampleOptions (options.py; validated on the driver),
+     "chains": [chain indices], "options": SampleOptions (_options.py; validated on the driver),
      "init": {name: value} | None,
      "adaptation": {"step_size", "inverse_mass_matrix", "positions"} | None,
      "progress_key": str | None}

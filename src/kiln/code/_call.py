@@ -2,7 +2,7 @@
 
 Every path here goes through the cluster seam (``kiln.cluster``): agents are found with
 ``Cluster.agents``, and work is sent with ``AgentHandle.invoke/submit`` to the ``code``
-capability (``kiln.code._worker``). Code ships once per agent (see ``pickling.Ledger``);
+capability (``kiln.code._worker``). Code ships once per agent (see ``_pickling.Ledger``);
 arguments cross ``kiln._boundary`` before anything is sent.
 """
 

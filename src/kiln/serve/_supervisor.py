@@ -8,7 +8,7 @@ new cluster (no GCS fault tolerance), the driver aborts as soon as it reaches it
 ``ray.shutdown()`` included. So no process that has been a driver can re-attach.
 
 The supervisor never imports Ray. It binds the listening socket once and starts ``workers``
-processes that share it (uvicorn's model). A worker that loses its cluster (``attach.py``)
+processes that share it (uvicorn's model). A worker that loses its cluster (``_attach.py``)
 keeps serving from its fallback and tells the supervisor, which starts a fresh worker; the
 fresh one attaches when the head listens again, and once it serves, the old one is stopped
 gracefully (it stops accepting, finishes what it has, exits). A worker that dies is replaced.
