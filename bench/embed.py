@@ -209,14 +209,17 @@ def graphs_ready(cluster: Any, timeout_s: float = 300.0) -> None:
     """Wait until every agent's encoders have captured their common CUDA graph shapes: a GPU
     agent captures them in the background after loading a model (~150 of them), and a run
     timed meanwhile measured the captures (473 -> 3,980 req/s over three H100 runs)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    from kiln._poll import wait_until
+
+    def ready() -> bool:
         models = [m for h in cluster.agents()
                   for m in (h.info().get("embed") or {}).get("models", {}).values()]
-        if all(m.get("cuda_graphs_ready", True) for m in models):
-            return
-        time.sleep(1.0)
-    print(f"  (CUDA graphs still being captured after {timeout_s:g} s: timing anyway)", flush=True)
+        return all(m.get("cuda_graphs_ready", True) for m in models)
+
+    try:
+        wait_until(ready, timeout_s, "the agents' CUDA graphs", interval=1.0)
+    except TimeoutError as err:
+        print(f"  ({err}: timing anyway)", flush=True)
 
 
 def gateway(cluster: Any, sizes: Sizes, a: argparse.Namespace) -> dict[str, Any]:
