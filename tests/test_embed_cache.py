@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kiln.embeddings._cache import EmbeddingCache, text_key
+from kiln.embeddings._cache import EmbeddingCache, text_key, text_keys
 
 
 def vec(seed: int, dim: int = 4) -> np.ndarray:
@@ -39,7 +39,9 @@ def test_the_model_is_part_of_the_key():
     cache.put("a", "t", vec(3))
     assert cache.get("b", "t") is None
     assert text_key("a", "t") != text_key("b", "t")
-    assert text_key("a", "t")[1] == "e3b98a4da31a127d4bde6e43033f66ba274cab0eb7eb1c70ec41402bf6273dd8"
+    # sha256, the same on every node (Python's hash() of a str differs between processes)
+    assert text_key("a", "t")[1].hex() == "e3b98a4da31a127d4bde6e43033f66ba274cab0eb7eb1c70ec41402bf6273dd8"
+    assert text_keys("a", ["t", "u"]) == [text_key("a", "t"), text_key("a", "u")]
 
 
 def test_least_recently_used_goes_first_when_entries_are_full():
@@ -70,9 +72,9 @@ def test_a_vector_larger_than_the_cache_is_not_kept():
 def test_a_block_stored_at_once_reads_back_row_by_row_as_read_only_copies():
     cache = EmbeddingCache(max_entries=2)
     block = np.stack([vec(1), vec(2), vec(3)])
-    cache.put_many("m", ["a", "b", "c"], block, np.array([1, 2, 3]), np.array([False, True, False]))
+    cache.put_many(text_keys("m", ["a", "b", "c"]), block, np.array([1, 2, 3]), np.array([False, True, False]))
     block[:] = 0  # the caller's array is theirs: the cache kept its own copy
-    found = cache.get_many("m", ["a", "b", "c", "d"])
+    found = cache.get_many(text_keys("m", ["a", "b", "c", "d"]))
     assert found[0] is None  # bounded by entries: "a" went first
     assert found[3] is None
     assert np.array_equal(found[1].vector, vec(2)) and found[1].tokens == 2 and found[1].truncated

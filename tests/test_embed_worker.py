@@ -68,6 +68,17 @@ def test_the_cache_can_be_bypassed(state):
     assert out["cached"] == 0 and st.cache.hits == 0
 
 
+def test_a_call_with_more_new_texts_than_admitted_reads_the_cache_but_is_not_stored(state):
+    st, ctx = state
+    st.cache_admit = 2
+    worker.encode(st, {"texts": ["kept"]}, ctx)
+    bulk = worker.encode(st, {"texts": ["kept", "scan 1", "scan 2", "scan 3"]}, ctx)
+    assert bulk["cached"] == 1  # read: the text stored before is a hit
+    again = worker.encode(st, {"texts": ["scan 1", "scan 2"]}, ctx)
+    assert again["cached"] == 0  # the scan's three new texts were not stored
+    assert worker.encode(st, {"texts": ["scan 1"]}, ctx)["cached"] == 1  # two were: admitted
+
+
 def test_a_non_string_item_is_named(state):
     st, ctx = state
     with pytest.raises(EmbedInputError, match=r"texts\[1\]: expected a string, got int"):

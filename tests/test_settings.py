@@ -70,10 +70,11 @@ def test_an_agent_takes_its_embedding_cache_and_batch_from_its_environment(monke
     from kiln._protocol import AgentContext
 
     monkeypatch.setenv("KILN_EMBED_CACHE_ENTRIES", "7")
+    monkeypatch.setenv("KILN_EMBED_CACHE_ADMIT_TEXTS", "5")
     monkeypatch.setenv("KILN_EMBED_TOKEN_BUDGET", "512")
     monkeypatch.setenv("KILN_EMBED_THREADS", "1")
     state = worker.State(AgentContext("kiln-agent:n1:cpu", "n1", "cpu"))
-    assert state.cache.max_entries == 7
+    assert state.cache.max_entries == 7 and state.cache_admit == 5
     assert state.batcher.token_budget == 512
 
 

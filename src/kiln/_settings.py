@@ -54,6 +54,9 @@ class Settings(BaseSettings):
         100_000, ge=0, description="embeddings an agent keeps (0: no cache)")
     embed_cache_bytes: int = Field(
         256 * 2**20, ge=0, description="bytes of embeddings an agent keeps")
+    embed_cache_admit_texts: int = Field(
+        1024, ge=0, description="a call with more new texts than this is looked up in the cache "
+        "but not stored in it (a bulk scan would evict the texts that repeat)")
     embed_token_budget: int | None = Field(
         None, ge=1, description="padded tokens per encoder pass; unset: 65536 on a GPU, 8192 "
         "on a CPU")

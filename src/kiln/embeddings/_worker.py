@@ -17,7 +17,7 @@ import numpy as np
 from kiln._protocol import AgentContext, Context, Payload, Reply
 from kiln._settings import settings
 from kiln.embeddings._batcher import Batcher
-from kiln.embeddings._cache import EmbeddingCache
+from kiln.embeddings._cache import EmbeddingCache, Key, text_keys
 from kiln.embeddings._encoder import Encoder
 from kiln.embeddings._models import resolve
 from kiln.errors import EmbedInputError
@@ -36,6 +36,11 @@ class State:
         self.dtype = env.embed_dtype
         self.cache = EmbeddingCache(max_entries=env.embed_cache_entries,
                                     max_bytes=env.embed_cache_bytes)
+        # A bulk call is a scan: storing its texts would evict the ones that repeat (the
+        # gateway's), and storing costs ~2-6 us a text of Python under the GIL, which the GPU
+        # pass waits for; so, as databases read a large scan through a small ring instead of
+        # their buffer pool, a call with many new texts reads the cache but is not stored.
+        self.cache_admit = env.embed_cache_admit_texts
         # A GPU pass over 64k padded tokens of MiniLM takes a few ms and little memory; on a
         # CPU a smaller pass keeps one request's latency from growing with the others' load.
         self.batcher = Batcher(
@@ -108,12 +113,16 @@ def encode(state: State, payload: Payload, ctx: Context) -> Reply:
         positions.setdefault(text, []).append(i)
     hit = np.zeros(n, dtype=bool)
     unique = list(positions)
-    found = state.cache.get_many(key, unique) if use_cache else [None] * len(unique)
+    keys = text_keys(key, unique) if use_cache else []
+    found = state.cache.get_many(keys) if use_cache else [None] * len(unique)
     missing: list[str] = []
-    for text, entry in zip(unique, found, strict=True):
+    missing_keys: list[Key] = []
+    for j, (text, entry) in enumerate(zip(unique, found, strict=True)):
         where = positions[text]
         if entry is None:
             missing.append(text)
+            if use_cache:
+                missing_keys.append(keys[j])
             continue
         vectors[where] = entry.vector
         tokens[where], cut[where], hit[where] = entry.tokens, entry.truncated, True
@@ -127,8 +136,8 @@ def encode(state: State, payload: Payload, ctx: Context) -> Reply:
             for j, where in enumerate(rows):
                 vectors[where] = fresh.vectors[j]
                 tokens[where], cut[where] = fresh.tokens[j], fresh.truncated[j]
-        if use_cache:
-            state.cache.put_many(key, missing, fresh.vectors, fresh.tokens, fresh.truncated)
+        if use_cache and len(missing) <= state.cache_admit:
+            state.cache.put_many(missing_keys, fresh.vectors, fresh.tokens, fresh.truncated)
     state.requests += 1
     out = {"embeddings": vectors, "cached": int(hit.sum()), "truncated": int(cut.sum()),
            "tokens": int(tokens.sum()), "node": ctx.node,
