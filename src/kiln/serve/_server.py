@@ -3,7 +3,8 @@
 What plain uvicorn left open (issue 12, item 3), and what is done here:
 
 - A connection that never sends a request was held for ever (the keep-alive timer starts only
-  after a first response): ``GuardedH11Protocol`` closes a connection whose request line and
+  after a first response): the guarded protocols (uvicorn's httptools one where httptools is
+  installed, as ``uvicorn --http auto`` picks, else its h11 one) close a connection whose request line and
   headers have not arrived ``timeout_header`` seconds after it opened (or after its last
   response). The body has its own timeout in ``kiln.serve._middleware``.
 - ~20,000 idle connections took every file descriptor and ``/healthz`` with them: at
@@ -33,6 +34,11 @@ from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+try:  # uvicorn's faster parser, as `--http auto` uses it: installed with kiln on Linux
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # pragma: no cover - a platform without its wheel
+    HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
 from kiln._poll import wait_until
 from kiln.errors import GatewayError
@@ -66,10 +72,12 @@ def connection_budget(backlog: int = 2048) -> tuple[int, int]:
     return max(64, min(10_000, room - 4 * burst)), burst
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a header timeout and a connection cap (module docstring).
+class Guard:
+    """Mixed into a uvicorn HTTP protocol: a header timeout and a connection cap (module
+    docstring). Settings are class attributes: ``guarded(...)`` makes a subclass with them.
 
-    Settings are class attributes: ``guarded(...)`` makes a subclass with them.
+    Both uvicorn protocols keep ``connections``, ``cycle``, ``loop`` and ``transport`` and call
+    ``on_response_complete``; that is all the guard uses.
     """
 
     timeout_header = 10.0
@@ -108,7 +116,7 @@ class GuardedH11Protocol(H11Protocol):
         excess = len(live) - self.max_connections
         if excess <= 0:
             return
-        idle = sorted((c for c in live if c is not self and isinstance(c, GuardedH11Protocol)
+        idle = sorted((c for c in live if c is not self and isinstance(c, Guard)
                        and c._idle()), key=lambda c: c._opened)
         for victim in idle[:excess]:
             type(self).closed["idle_evicted"] += 1
@@ -118,8 +126,19 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.close()
 
 
-def guarded(timeout_header: float, max_connections: int) -> type[GuardedH11Protocol]:
-    return type("GuardedH11Protocol", (GuardedH11Protocol,),
+HTTP_PARSERS = ("auto", "httptools", "h11")
+
+
+def guarded(timeout_header: float, max_connections: int, http: str = "auto") -> type[Guard]:
+    """The guarded protocol class for ``http`` (``auto``: httptools where installed, as uvicorn
+    picks; it parsed one-text requests at about twice h11's rate)."""
+    if http not in HTTP_PARSERS:
+        raise GatewayError(f"--http {http!r}: use one of {', '.join(HTTP_PARSERS)}")
+    if http == "httptools" and HttpToolsProtocol is None:
+        raise GatewayError("--http httptools: httptools is not installed here")
+    fast = HttpToolsProtocol is not None and http != "h11"
+    base = HttpToolsProtocol if fast else H11Protocol
+    return type(f"Guarded{base.__name__}", (Guard, base),
                 {"timeout_header": timeout_header, "max_connections": max_connections,
                  "closed": {"header_timeout": 0, "idle_evicted": 0, "refused": 0}})
 
@@ -171,13 +190,14 @@ def limit_logs(burst: int = 5, window_s: float = 10.0) -> RateLimit:
 
 def uvicorn_config(app: Any, *, host: str = "127.0.0.1", port: int = 8000,
                    log_level: str = "info", timeout_header: float = 10.0,
-                   max_connections: int | None = None, **uvicorn_options: Any) -> Any:
+                   max_connections: int | None = None, http: str = "auto",
+                   **uvicorn_options: Any) -> Any:
     """A ``uvicorn.Config`` with the guarded protocol; ``uvicorn_options`` as uvicorn names them
     (``timeout_keep_alive``, ``limit_concurrency``, ``backlog``, ...)."""
     import uvicorn
 
     cap, burst = connection_budget(uvicorn_options.pop("backlog", 2048))
-    protocol = guarded(timeout_header, cap if max_connections is None else max_connections)
+    protocol = guarded(timeout_header, cap if max_connections is None else max_connections, http)
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol,
                           lifespan="on", backlog=burst, **uvicorn_options)
 
