@@ -15,12 +15,20 @@ A real head (`kiln up`, in a scratch HOME and RAY_TMPDIR of its own), a real `ki
   where requests are expected to fail: 503 saying why).
 
 For each: requests sent, failed (any status but 200, or no answer), served by the fallback,
-recovery (seconds from the end of the fault to the first request an agent answered again),
+recovery (seconds from the end of the fault to the first answer from an agent to a request sent
+after it),
 and the gateway's RSS (supervisor + workers) before and after. Goals: failed 0 (but the last
 case), recovery <= 10 s.
 
     python bench/gateway_faults.py                     # writes bench/results/gateway-faults-vm.json
     python bench/gateway_faults.py --clients 16 --out /tmp/x.json
+    python bench/gateway_faults.py --faults head_restart --out /tmp/x.json   # one fault, ~1.5 min
+
+For ``head_restart`` the result also has ``steps_s``: how long `kiln up` took (and of that, how
+long it waited for the head's agents to warm up, with ``--preload``); seconds from `kiln up`
+returning to the gateway attaching (negative: before it returned), to its first ready agent
+and to the first answer from one (also counted from `kiln up` starting); and the agent's own
+account of its start (``startup``: when its process began, imports, checks, model load).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -76,11 +85,12 @@ class Gateway:
 
 
 class Load:
-    """``clients`` coroutines sending /infer back to back; every answer is kept."""
+    """``clients`` coroutines sending /infer back to back; every answer is kept, as
+    (answered at, status, served by the fallback, sent at)."""
 
     def __init__(self, url: str, clients: int) -> None:
         self.url, self.clients = url, clients
-        self.results: list[tuple[float, Any, bool]] = []
+        self.results: list[tuple[float, Any, bool, float]] = []
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
 
@@ -92,14 +102,15 @@ class Load:
         i = 0
         while not self._stop.is_set():
             i += 1
+            sent = time.monotonic()
             try:
                 async with self.session.post(self.url + "/infer",
                                              json={"texts": [f"client {c} text {i}"]}) as r:
                     body = await r.json() if r.status == 200 else None
                     self.results.append((time.monotonic(), r.status,
-                                         bool(body and body["fallback"])))
+                                         bool(body and body["fallback"]), sent))
             except (TimeoutError, aiohttp.ClientError) as err:
-                self.results.append((time.monotonic(), type(err).__name__, False))
+                self.results.append((time.monotonic(), type(err).__name__, False, sent))
                 await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
@@ -107,7 +118,7 @@ class Load:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.session.close()
 
-    def since(self, t: float) -> list[tuple[float, Any, bool]]:
+    def since(self, t: float) -> list[tuple[float, Any, bool, float]]:
         return [r for r in self.results if r[0] >= t]
 
 
@@ -130,20 +141,27 @@ async def get_json(url: str) -> dict:
 
 
 def summary(name: str, results: list, ended: float | None, gateway: Gateway, rss_before: float,
-            note: str = "") -> dict[str, Any]:
-    agent_ok = [t for t, s, fb in results if s == 200 and not fb and ended is not None
-                and t >= ended]
+            note: str = "", steps: dict[str, Any] | None = None) -> dict[str, Any]:
+    # recovery: the first answer from an agent to a request sent after the fault ended (an
+    # answer already on its way when an agent was killed does not count)
+    agent_ok = [t for t, s, fb, sent in results if s == 200 and not fb and ended is not None
+                and sent >= ended]
     out = {
         "fault": name,
         "requests": len(results),
-        "failed": sum(1 for _, s, _ in results if s != 200),
-        "failed_by_status": {str(k): sum(1 for _, s, _ in results if s == k)
-                             for k in {s for _, s, _ in results if s != 200}},
-        "served_by_fallback": sum(1 for _, s, fb in results if s == 200 and fb),
+        "failed": sum(1 for _, s, _, _ in results if s != 200),
+        "failed_by_status": {str(k): sum(1 for _, s, _, _ in results if s == k)
+                             for k in {s for _, s, _, _ in results if s != 200}},
+        "served_by_fallback": sum(1 for _, s, fb, _ in results if s == 200 and fb),
         "recovery_s": round(min(agent_ok) - ended, 1) if agent_ok else None,
         "gateway_rss_mb_before": rss_before,
         "gateway_rss_mb_after": gateway.rss_mb(),
     }
+    if ended is not None and out["failed"]:
+        # when the first failures came, seconds from the fault's end (negative: before it)
+        out["failed_at_s"] = [round(t - ended, 1) for t, s, _, _ in results if s != 200][:10]
+    if steps:
+        out["steps_s"] = steps
     if note:
         out["note"] = note
     print(json.dumps(out), flush=True)
@@ -156,77 +174,147 @@ async def agent_pid(url: str) -> int | None:
     return online[0]["info"].get("pid") if online else None
 
 
+FAULTS = ("agent_kill", "slow_clients", "bad_input", "head_restart", "no_cluster_fallback_off")
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    preload = ("--preload", args.preload) if args.preload else ()
-    head = Head(TOKEN, prefix="kgf", copy_kiln=True, up_args=preload)
+    chosen = [f for f in FAULTS if f in args.faults]
     results: list[dict[str, Any]] = []
-    gateway = None
-    try:
-        head.up()
-        gateway = Gateway(head, "--address", head.address)
-        ready = await wait_until(
-            lambda: _is(get_json(gateway.url + "/healthz"), "agents_ready", 1), 300)
-        if ready is None:
-            raise SystemExit(f"the gateway did not attach:\n{gateway.log.read_text()[-2000:]}")
-        load = Load(gateway.url, args.clients)
-        await load.start()
-        await asyncio.sleep(args.settle)
-
-        # -- agent_kill --------------------------------------------------------------------
-        rss, start = gateway.rss_mb(), time.monotonic()
-        pid = await agent_pid(gateway.url)
-        os.kill(pid, signal.SIGKILL)
-        ended = time.monotonic()
-        await wait_until(lambda: _agent_answered(load, ended), args.recover)
-        await asyncio.sleep(args.settle)
-        results.append(summary("agent_kill", load.since(start), ended, gateway, rss,
-                               "recovery includes Ray restarting the agent process"))
-
-        # -- slow_clients ----------------------------------------------------------------------
-        rss, start = gateway.rss_mb(), time.monotonic()
-        idle = []
-        for _ in range(2000):
-            idle.append(socket.create_connection(("127.0.0.1", gateway.port), timeout=10))
-        for _ in range(50):
-            sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
-            sock.sendall(b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"te")
-            idle.append(sock)
-        await asyncio.sleep(args.fault)
-        for sock in idle:
-            sock.close()
-        ended = time.monotonic()
-        await wait_until(lambda: _agent_answered(load, ended), args.recover)
-        await asyncio.sleep(args.settle)
-        results.append(summary("slow_clients", load.since(start), ended, gateway, rss))
-
-        # -- bad_input ---------------------------------------------------------------------------
-        rss, start = gateway.rss_mb(), time.monotonic()
-        bad = await _bad_input(gateway.url, args.fault)
-        ended = time.monotonic()
-        await wait_until(lambda: _agent_answered(load, ended), args.recover)
-        await asyncio.sleep(args.settle)
-        results.append(summary("bad_input", load.since(start), ended, gateway, rss,
-                               f"bad requests sent beside the load, answered: {bad}"))
-
-        # -- head_restart ------------------------------------------------------------------------
-        rss, start = gateway.rss_mb(), time.monotonic()
-        head.kill()
-        await asyncio.sleep(args.head_down)
-        await asyncio.to_thread(head.up)
-        ended = time.monotonic()
-        await wait_until(lambda: _agent_answered(load, ended), args.recover * 6)
-        await asyncio.sleep(args.settle)
-        results.append(summary("head_restart", load.since(start), ended, gateway, rss,
-                               f"head down {args.head_down} s; recovery counts from `kiln up` "
-                               "returning (the new head's agent starts, a fresh gateway worker "
-                               "attaches)"))
-        await load.stop()
-        gateway.stop()
-
-        # -- no cluster, fallback off --------------------------------------------------------
-        nowhere = Head(TOKEN, prefix="kgf", copy_kiln=True)
+    on_head = [f for f in chosen if f != "no_cluster_fallback_off"]
+    if on_head:
+        preload = ("--preload", args.preload) if args.preload else ()
+        if args.preload_timeout is not None:
+            preload += ("--preload-timeout", str(args.preload_timeout))
+        head = Head(TOKEN, prefix="kgf", copy_kiln=True, up_args=preload)
+        gateway = None
         try:
-            gateway = Gateway(nowhere, "--address", f"127.0.0.1:{free_port()}", "--fallback", "off")
+            head.up()
+            gateway = Gateway(head, "--address", head.address)
+            ready = await wait_until(
+                lambda: _is(get_json(gateway.url + "/healthz"), "agents_ready", 1), 300)
+            if ready is None:
+                raise SystemExit(f"the gateway did not attach:\n{gateway.log.read_text()[-2000:]}")
+            load = Load(gateway.url, args.clients)
+            await load.start()
+            await asyncio.sleep(args.settle)
+            for fault in on_head:
+                results.append(await ON_HEAD[fault](args, head, gateway, load))
+            await load.stop()
+        finally:
+            if gateway is not None:
+                gateway.stop()
+            head.remove()
+    if "no_cluster_fallback_off" in chosen:
+        results.append(await no_cluster_fallback_off(args))
+    return {"clients": args.clients, "machine": f"{os.cpu_count()} cores",
+            "loadavg": [round(x, 2) for x in os.getloadavg()], "preload": args.preload,
+            "preload_timeout": args.preload_timeout,
+            "when": time.strftime("%Y-%m-%d %H:%M:%S"), "faults": results}
+
+
+async def agent_kill(args, head: Head, gateway: Gateway, load: Load) -> dict[str, Any]:
+    rss, start = gateway.rss_mb(), time.monotonic()
+    pid = await agent_pid(gateway.url)
+    os.kill(pid, signal.SIGKILL)
+    ended = time.monotonic()
+    await wait_until(lambda: _agent_answered(load, ended), args.recover)
+    await asyncio.sleep(args.settle)
+    return summary("agent_kill", load.since(start), ended, gateway, rss,
+                   "recovery includes Ray restarting the agent process")
+
+
+async def slow_clients(args, head: Head, gateway: Gateway, load: Load) -> dict[str, Any]:
+    rss, start = gateway.rss_mb(), time.monotonic()
+    idle = []
+    for _ in range(2000):
+        idle.append(socket.create_connection(("127.0.0.1", gateway.port), timeout=10))
+    for _ in range(50):
+        sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+        sock.sendall(b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"te")
+        idle.append(sock)
+    await asyncio.sleep(args.fault)
+    for sock in idle:
+        sock.close()
+    ended = time.monotonic()
+    await wait_until(lambda: _agent_answered(load, ended), args.recover)
+    await asyncio.sleep(args.settle)
+    return summary("slow_clients", load.since(start), ended, gateway, rss)
+
+
+async def bad_input(args, head: Head, gateway: Gateway, load: Load) -> dict[str, Any]:
+    rss, start = gateway.rss_mb(), time.monotonic()
+    bad = await _bad_input(gateway.url, args.fault)
+    ended = time.monotonic()
+    await wait_until(lambda: _agent_answered(load, ended), args.recover)
+    await asyncio.sleep(args.settle)
+    return summary("bad_input", load.since(start), ended, gateway, rss,
+                   f"bad requests sent beside the load, answered: {bad}")
+
+
+async def head_restart(args, head: Head, gateway: Gateway, load: Load) -> dict[str, Any]:
+    rss, start = gateway.rss_mb(), time.monotonic()
+    head.kill()
+    await asyncio.sleep(args.head_down)
+    watch = Steps(gateway.url)
+    watched = asyncio.create_task(watch.run())
+    began = time.monotonic()
+    await asyncio.to_thread(head.up)
+    ended = time.monotonic()
+    await wait_until(lambda: _agent_answered(load, ended), args.recover * 6)
+    watch.stop.set()
+    await watched
+    answered = [t for t, s, fb, sent in load.results if sent >= ended and s == 200 and not fb]
+    warmed = re.search(r"Agents warm \(.*\) in ([0-9.]+) s", " ".join(head.up_output.split()))
+    steps = {"kiln_up": round(ended - began, 1),
+             "kiln_up_warming_agents": float(warmed[1]) if warmed else None,
+             **watch.since(ended),
+             "first_agent_answer": round(answered[0] - ended, 1) if answered else None,
+             "first_agent_answer_from_kiln_up_start": (round(answered[0] - began, 1)
+                                                       if answered else None),
+             "agent": await agent_startup(gateway.url, ended)}
+    await asyncio.sleep(args.settle)
+    return summary("head_restart", load.since(start), ended, gateway, rss,
+                   f"head down {args.head_down} s; recovery counts from `kiln up` returning "
+                   "(the new head's agent starts, a fresh gateway worker attaches)", steps=steps)
+
+
+class Steps:
+    """What /healthz says every 0.1 s: when the gateway attached, when an agent was ready."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.stop, self.seen = url, asyncio.Event(), {}
+
+    async def run(self) -> None:
+        while not self.stop.is_set():
+            health = await get_json(self.url + "/healthz")
+            now = time.monotonic()
+            if health.get("cluster") == "attached":
+                self.seen.setdefault("gateway_attached", now)
+            if health.get("agents_ready", 0) >= 1:
+                self.seen.setdefault("agents_ready", now)
+            await asyncio.sleep(0.1)
+
+    def since(self, t: float) -> dict[str, float]:
+        return {k: round(v - t, 1) for k, v in self.seen.items()}
+
+
+async def agent_startup(url: str, since: float) -> dict[str, Any]:
+    """The agent's own account of its start (``info()['startup']``), seconds from ``since``."""
+    agents = (await get_json(url + "/cluster")).get("agents") or []
+    info = next((a["info"] for a in agents if a.get("status") == "online"), {})
+    startup = dict(info.get("startup") or {})
+    if "process_started" in startup:
+        # the agent's clock is time.time(); ``since`` is this process's monotonic clock
+        startup["process_started"] = round(
+            startup["process_started"] - (time.time() - (time.monotonic() - since)), 1)
+    return startup
+
+
+async def no_cluster_fallback_off(args) -> dict[str, Any]:
+    nowhere = Head(TOKEN, prefix="kgf", copy_kiln=True)
+    try:
+        gateway = Gateway(nowhere, "--address", f"127.0.0.1:{free_port()}", "--fallback", "off")
+        try:
             await wait_until(lambda: _is(get_json(gateway.url + "/healthz"), "cluster",
                                          "detached"), 300)
             load = Load(gateway.url, args.clients)
@@ -234,19 +322,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await load.start()
             await asyncio.sleep(args.fault)
             await load.stop()
-            results.append(summary("no_cluster_fallback_off", load.since(start), None, gateway,
-                                   rss, "expected: every request fails with 503 saying why"))
-            gateway.stop()
+            return summary("no_cluster_fallback_off", load.since(start), None, gateway, rss,
+                           "expected: every request fails with 503 saying why")
         finally:
-            nowhere.remove()
-        gateway = None
-    finally:
-        if gateway is not None:
             gateway.stop()
-        head.remove()
-    return {"clients": args.clients, "machine": f"{os.cpu_count()} cores",
-            "loadavg": [round(x, 2) for x in os.getloadavg()], "preload": args.preload,
-            "when": time.strftime("%Y-%m-%d %H:%M:%S"), "faults": results}
+    finally:
+        nowhere.remove()
+
+
+ON_HEAD = {"agent_kill": agent_kill, "slow_clients": slow_clients, "bad_input": bad_input,
+           "head_restart": head_restart}
 
 
 async def _is(got, key: str, want: Any) -> bool:
@@ -255,7 +340,7 @@ async def _is(got, key: str, want: Any) -> bool:
 
 
 async def _agent_answered(load: Load, after: float) -> bool:
-    return any(t > after and s == 200 and not fb for t, s, fb in load.results)
+    return any(sent >= after and s == 200 and not fb for _, s, fb, sent in load.results)
 
 
 async def _bad_input(url: str, seconds: float) -> dict[str, int]:
@@ -294,6 +379,15 @@ async def _chunks():
     yield b'"]}'
 
 
+def _faults(text: str) -> list[str]:
+    chosen = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in chosen if f not in FAULTS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"unknown fault(s) {', '.join(unknown) or '(none)'}; "
+                                         f"choose from {', '.join(FAULTS)}")
+    return chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=8)
@@ -302,7 +396,12 @@ def main() -> None:
     parser.add_argument("--head-down", type=float, default=10.0)
     parser.add_argument("--preload", default="embed", help="`kiln up --preload` (README's "
                         "production setting; '' for none)")
+    parser.add_argument("--preload-timeout", type=float, default=None,
+                        help="`kiln up --preload-timeout` (0: `kiln up` returns before its agents "
+                        "are warm, as before it waited for them)")
     parser.add_argument("--recover", type=float, default=60.0, help="longest wait for recovery")
+    parser.add_argument("--faults", default=",".join(FAULTS), type=_faults,
+                        help=f"comma-separated, any of (run in this order): {', '.join(FAULTS)}")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" /
                                              "gateway-faults-vm.json"))
     args = parser.parse_args()

@@ -69,6 +69,7 @@ class Head:
         self.address = f"127.0.0.1:{self.port}"
         self.copy_kiln = copy_kiln
         self.up_args = up_args  # more `kiln up` flags, e.g. ("--preload", "embed")
+        self.up_output = ""
         if copy_kiln:
             import kiln
 
@@ -91,6 +92,7 @@ class Head:
                            env=self.env(), capture_output=True, text=True, timeout=300)
         if r.returncode:
             raise RuntimeError(f"kiln up failed:\n{r.stderr[-3000:]}")
+        self.up_output = r.stdout  # its banner (and, with --preload, how soon its agents warmed)
 
     def kill(self) -> None:
         kill_all(processes_with_env("RAY_TMPDIR", str(self.root / "t")))
