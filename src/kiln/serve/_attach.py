@@ -64,6 +64,8 @@ class ClusterLink:
         self.attached_at: float | None = time.time() if cluster is not None else None
         self._misses = 0
         self.lost = asyncio.Event()  # set once lost: calls waiting on its agents give up
+        # Set when an attach succeeds: the gateway looks for agents then, not at its next tick.
+        self.attached = asyncio.Event()
         self._attaching: asyncio.Future | None = None
         self._next_attempt = 0.0
         if cluster is not None:
@@ -116,6 +118,11 @@ class ClusterLink:
             return
         self._next_attempt = time.monotonic() + self.attach_every_s
         self._attaching = asyncio.ensure_future(asyncio.to_thread(self._attach))
+        self._attaching.add_done_callback(self._attach_done)
+
+    def _attach_done(self, attempt: asyncio.Future) -> None:
+        if self.state == "attached":
+            self.attached.set()
 
     def _attach(self) -> None:
         if self.address and not listening(self.address):

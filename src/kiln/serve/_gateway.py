@@ -180,7 +180,16 @@ class Gateway:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(self.refresh_s)
+            # Every refresh_s, and at once when the link attaches: a fresh worker that attaches
+            # to a restarted head serves from its agents a tick sooner. Detached, it looks for
+            # the head every attach_every_s, however long refresh_s is.
+            every = (min(self.refresh_s, self.link.attach_every_s)
+                     if self.link.state == "detached" else self.refresh_s)
+            try:
+                await asyncio.wait_for(self.link.attached.wait(), every)
+            except TimeoutError:
+                pass
+            self.link.attached.clear()
             try:
                 await self.link.tick()
             except Exception as err:  # noqa: BLE001 - logged; the watcher must outlive
@@ -540,7 +549,7 @@ def _split(n: int, agents: list[Any]) -> list[tuple[list[int], list[Any]]]:
 def _online(record: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
     embed = info.get("embed") or {}
     keep = ("device_description", "uptime_s", "pid", "inflight", "capabilities", "gpu",
-            "gpu_memory_bytes", "gpu_memory_in_use_bytes")
+            "gpu_memory_bytes", "gpu_memory_in_use_bytes", "startup")
     return {
         "name": record["name"], "node": record["node"], "device": record["device"],
         "status": "online", "models_loaded": embed.get("models_loaded", []),
