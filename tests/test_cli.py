@@ -284,6 +284,59 @@ def test_demo_on_the_embedded_default_prints_both_runs_readably_at_80_columns(sc
         assert r_hat < 1.01
 
 
+# -- `kiln up --preload`: the head's agents are warm when it returns ----------------------------
+# What a driver that attaches after `kiln up` finds: the head's one agent, and who made it.
+_PROBE = """
+import json, sys
+import kiln
+from kiln.cluster import DRIVER_ID
+[agent] = kiln.connect(sys.argv[1]).agents()
+info = agent.info()
+print(json.dumps({"name": agent.name, "rewarming": info["rewarming"],
+                  "models_loaded": info["embed"]["models_loaded"], "jobs_run": info["jobs"]["run"],
+                  "made_by_this_driver": info["creator"] == DRIVER_ID}))
+kiln.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_up_with_preload_returns_once_the_heads_agent_has_loaded_the_model(scratch):
+    port = free_port()
+    r = kiln("up", "--port", port, "--client-port", free_port(), "--name", "head1", "--preload",
+             "embed", env=scratch.env(), timeout=300)
+    assert r.returncode == 0, _show(r)
+    assert "Agents warm (kiln-agent:head1:cpu)" in _flat(r.stdout)
+    probe = subprocess.run([sys.executable, "-c", _PROBE, f"127.0.0.1:{port}"],
+                           env=scratch.env(RAY_AUTH_MODE="token"), capture_output=True, text=True,
+                           timeout=120)
+    assert probe.returncode == 0, _show(probe)
+    # started by `kiln up`, not by the first driver; its model loaded before any job
+    assert json.loads(probe.stdout.splitlines()[-1]) == {
+        "name": "kiln-agent:head1:cpu", "rewarming": False, "models_loaded": ["default"],
+        "jobs_run": 0, "made_by_this_driver": False}
+
+
+@pytest.mark.slow
+def test_up_with_a_preload_that_fails_says_the_head_is_up_and_why_its_agent_is_not(scratch):
+    port = free_port()
+    missing = str(scratch.root / "no-model-here")
+    r = kiln("up", "--port", port, "--client-port", free_port(), "--name", "head1", "--preload",
+             "embed", env=scratch.env(KILN_EMBED_MODEL_DEFAULT=missing), timeout=300)
+    assert r.returncode == 1, _show(r)
+    assert f"kiln join 127.0.0.1:{port} --name gpu2" in _flat(r.stdout)  # the head runs
+    message = _flat(r.stderr)
+    assert "the head is up, but its agents are not ready to serve" in message, message
+    assert "kiln-agent:head1:cpu: preload failed: embed: ModelNotAvailableError" in message
+    assert missing in message and "kiln down" in message
+
+
+def test_a_negative_preload_timeout_is_refused():
+    r = kiln("up", "--port", 6390, "--name", "head1", "--preload", "embed", "--preload-timeout",
+             -1, "--dry-run")
+    assert r.returncode == 1, _show(r)
+    assert "--preload-timeout -1: use 0 or more seconds" in _flat(r.stderr)
+
+
 # -- a two-node cluster made with `kiln up` and `kiln join` -------------------------------------
 class CliCluster(Scratch):
     """head1 (`kiln up`) and gpu2 (`kiln join`), each a `ray start` on this machine."""

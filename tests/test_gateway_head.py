@@ -155,3 +155,77 @@ def test_a_gateway_started_from_a_notebook_attaches_again_after_a_head_restart(
         assert not server.process.is_alive()  # stopped with its workers
     finally:
         head.remove()
+
+
+@pytest.mark.slow
+def test_after_a_head_restart_with_preload_an_agent_answers_within_seconds_of_kiln_up(tmp_path):
+    # `kiln up --preload embed` returns once the head's agent has loaded its model, and the
+    # fresh gateway worker, attached meanwhile, looks for agents as soon as it attaches: the
+    # issue's goal is an agent's answer within 10 s of `kiln up` returning.
+    head = Head(TOKEN, prefix="kgw", up_args=("--preload", "embed"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    gateway = None
+    load = None
+    try:
+        head.up()
+        gateway = subprocess.Popen(
+            [str(BIN / "kiln"), "serve", "--port", str(port), "--address", head.address,
+             "--allow-no-cluster", "--timeout", "60"],
+            env=head.env(RAY_TMPDIR=str(tmp_path / "gw")), stdout=subprocess.DEVNULL,
+            stderr=log.open("wb"), start_new_session=True)
+        load = Load(url)
+        load.start()
+        wait_for(lambda: any(s == 200 and not fb for _, s, fb in load.results), "agents serve",
+                 180)
+        head.kill()
+        killed = time.monotonic()
+        wait_for(lambda: any(t > killed + 1 and fb for t, s, fb in load.results), "fallback", 30)
+        head.up()
+        back = time.monotonic()
+        assert "Agents warm (kiln-agent:head1:cpu)" in " ".join(head.up_output.split())
+        recovery = wait_for(lambda: any(t > back and s == 200 and not fb
+                                        for t, s, fb in load.results), "an agent answers", 60)
+        assert recovery <= 10, recovery
+        print(f"an agent answered {recovery:.1f} s after `kiln up` returned")
+    finally:
+        if load is not None:
+            load.stop.set()
+        if gateway is not None:
+            gateway.send_signal(signal.SIGTERM)
+            try:
+                gateway.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(gateway.pid, signal.SIGKILL)
+        head.remove()
+        print(log.read_text()[-3000:] if log.exists() else "")
+
+
+@pytest.mark.slow
+def test_a_detached_gateway_finds_its_agents_soon_after_the_head_comes_up_whatever_its_refresh(
+        no_cluster, tmp_path, monkeypatch):
+    from kiln.serve._supervisor import SupervisedServer
+
+    head = Head(TOKEN, prefix="kgw")
+    for key, value in head.env(RAY_TMPDIR=str(tmp_path / "gw")).items():
+        monkeypatch.setenv(key, value)
+    try:
+        # no head yet: the gateway looks for it every second, as a fresh worker does after a
+        # head restart, while its refreshes of the agents are a minute apart
+        with SupervisedServer(address=head.address, allow_no_cluster=True, refresh_s=60,
+                              port=0) as server:
+            def health() -> dict:
+                try:
+                    return httpx.get(server.url + "/healthz", timeout=5).json()
+                except httpx.HTTPError:
+                    return {}
+
+            wait_for(lambda: health().get("cluster") == "detached", "gateway up", 120)
+            head.up()
+            took = wait_for(lambda: health().get("agents_ready", 0) >= 1, "an agent ready", 45)
+            assert health() == {"status": "ok", "agents_ready": 1, "fallback": True,
+                                "cluster": "attached"}
+            print(f"attached and found its agent {took:.1f} s after `kiln up` returned")
+    finally:
+        head.remove()

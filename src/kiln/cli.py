@@ -40,6 +40,10 @@ Block = Annotated[bool, typer.Option("--block", help="stay in the foreground; st
 Preload = Annotated[str, typer.Option(
     help="capabilities this node's agents make ready as they start, comma-separated: `embed` "
          "loads the default embedding model before the first request (for a gateway's nodes)")]
+PreloadTimeout = Annotated[float, typer.Option(
+    help="with --preload: seconds `kiln up` waits for the head's agents to start and load what "
+         "--preload names before it returns (0: return at once and the first driver starts "
+         "them; --block does not wait)")]
 
 NORMAL_SPEC = {"dist": "normal", "mu": 0.0, "sigma": 1.0}
 
@@ -347,8 +351,10 @@ def up(host: Annotated[str, typer.Option(
            help="Ray's client server (ray://HOST:PORT), bound to --host and loopback")
        ] = CLIENT_PORT,
        name: Annotated[str | None, typer.Option(help="this node's kiln name (default: the host's)")] = None,
-       preload: Preload = "", block: Block = False, dry_run: DryRun = False) -> None:
-    """Start a Ray head node named for kiln and print the join command."""
+       preload: Preload = "", preload_timeout: PreloadTimeout = 120.0, block: Block = False,
+       dry_run: DryRun = False) -> None:
+    """Start a Ray head node named for kiln and print the join command; with --preload, its
+    agents are started and warm when it returns."""
     from kiln.cluster import NODE_RESOURCE, default_node_name
 
     node = default_node_name() if name is None else name  # --name '' is an error
@@ -382,7 +388,33 @@ def up(host: Annotated[str, typer.Option(
                  "others.)\n" if host in ("127.0.0.1", "localhost") else "")
               + f"{escape(auth_line)}\nFrom a notebook: kiln.connect(\"{where}\").")
     env = {**NODE_ENV, **HEALTH_CHECK, **_preload_env(preload)}
+    if preload_timeout < 0:
+        _fail(f"--preload-timeout {preload_timeout:g}: use 0 or more seconds")
     _run(cmd, dry_run, block, marker=node, banner=banner, env=env)
+    if "KILN_AGENT_PRELOAD" in env and preload_timeout and not dry_run:
+        _warm(f"{host}:{port}", node, preload_timeout, auth_on)
+
+
+def _warm(address: str, node: str, timeout: float, auth_on: bool) -> None:
+    """Start the new head's agents and wait until they are warm (``kiln._cli_warm``, in a
+    process of its own); the head runs whatever happens, and a failure here says so."""
+    started = time.monotonic()
+    env = {**os.environ, **({"RAY_AUTH_MODE": "token"} if auth_on else {})}
+    problems: list[str] = []
+    try:
+        r = subprocess.run([sys.executable, "-m", "kiln._cli_warm", address, node, str(timeout)],
+                           env=env, capture_output=True, text=True, timeout=timeout + 120)
+        out = json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout.strip() else {}
+        warm, problems = out.get("warm", []), out.get("problems", [])
+        if not out:
+            tail = "\n".join(r.stderr.strip().splitlines()[-8:])
+            problems = [f"starting them failed (exit {r.returncode}):\n{tail}"]
+    except subprocess.TimeoutExpired:
+        warm, problems = [], [f"they did not start within {timeout + 120:g} s"]
+    if problems:
+        _fail(f"the head is up, but its agents are not ready to serve: {'; '.join(problems)}. "
+              f"`kiln doctor --address {address}` shows the checks; `kiln down` stops the head")
+    console.print(escape(f"Agents warm ({', '.join(warm)}) in {time.monotonic() - started:.1f} s."))
 
 
 def _preload_env(preload: str) -> dict[str, str]:
