@@ -275,7 +275,8 @@ async def head_restart(args, head: Head, gateway: Gateway, load: Load) -> dict[s
     await asyncio.sleep(args.settle)
     return summary("head_restart", load.since(start), ended, gateway, rss,
                    f"head down {args.head_down} s; recovery counts from `kiln up` returning "
-                   "(the new head's agent starts, a fresh gateway worker attaches)", steps=steps)
+                   "(with --preload it returns once the head's agent is warm; a fresh gateway "
+                   "worker attaches meanwhile)", steps=steps)
 
 
 class Steps:
