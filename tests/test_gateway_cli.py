@@ -82,6 +82,7 @@ BAD = [
     ("public host with no key", ["--host", "0.0.0.0"], "--api-key-file"),
     ("several workers, no address", ["--workers", "2"], "--address"),  # no --address below
     ("bad fallback", ["--fallback", "maybe"], "--fallback"),
+    ("bad parser", ["--http", "h2"], "--http 'h2'"),
 ]
 
 

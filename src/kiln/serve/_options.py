@@ -71,6 +71,7 @@ class ServeOptions:
     limit_max_requests: int | None = None
     max_connections: int | None = None    # None: below the open-file limit
     backlog: int = 2048
+    http: str = "auto"                    # uvicorn's parser: auto (httptools here), httptools, h11
     h11_max_incomplete_event_size: int | None = None
     root_path: str = ""
     proxy_headers: bool = False
@@ -105,6 +106,10 @@ class ServeOptions:
             if getattr(self, name) <= 0:
                 raise GatewayError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be "
                                    "more than 0")
+        from kiln.serve._server import HTTP_PARSERS
+
+        if self.http not in HTTP_PARSERS:
+            raise GatewayError(f"--http {self.http!r}: use one of {', '.join(HTTP_PARSERS)}")
         if self.retries < 0:
             raise GatewayError(f"--retries {self.retries}: must be 0 or more")
         if self.workers > 1 and not self.address:
@@ -141,6 +146,7 @@ class ServeOptions:
                    timeout_graceful_shutdown=self.timeout_graceful_shutdown,
                    limit_concurrency=self.limit_concurrency,
                    limit_max_requests=self.limit_max_requests, backlog=self.backlog,
+                   http=self.http,
                    h11_max_incomplete_event_size=self.h11_max_incomplete_event_size,
                    root_path=self.root_path, proxy_headers=self.proxy_headers,
                    forwarded_allow_ips=self.forwarded_allow_ips, ssl_keyfile=self.ssl_keyfile,
