@@ -160,6 +160,12 @@ def summary(name: str, results: list, ended: float | None, gateway: Gateway, rss
     if ended is not None and out["failed"]:
         # when the first failures came, seconds from the fault's end (negative: before it)
         out["failed_at_s"] = [round(t - ended, 1) for t, s, _, _ in results if s != 200][:10]
+        # what the supervisor and workers said meanwhile, to tell a worker's crash from a
+        # handover (the log is in a scratch directory that goes with the head)
+        lines = gateway.log.read_text(errors="replace").splitlines()
+        out["gateway_log"] = [ln[:300] for ln in lines
+                              if ln.startswith("kiln serve") or "rror" in ln or "abort" in ln
+                              or "Check failed" in ln][-20:]
     if steps:
         out["steps_s"] = steps
     if note:
