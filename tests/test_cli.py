@@ -290,7 +290,7 @@ _PROBE = """
 import json, sys
 import kiln
 from kiln.cluster import DRIVER_ID
-[agent] = kiln.connect(sys.argv[1]).agents()
+[agent] = kiln.connect(sys.argv[1]).agents(sys.argv[2] if len(sys.argv) > 2 else None)
 info = agent.info()
 print(json.dumps({"name": agent.name, "rewarming": info["rewarming"],
                   "models_loaded": info["embed"]["models_loaded"], "jobs_run": info["jobs"]["run"],
@@ -413,6 +413,21 @@ def running_cli_cluster(_cli_cluster):
         _cli_cluster.kill()
         _cli_cluster.start()
     return _cli_cluster
+
+
+@multinode
+def test_join_with_preload_returns_once_the_nodes_agent_has_loaded_the_model(cli_cluster):
+    cli_cluster.state = "changed"  # a third node: the next test gets a clean cluster again
+    r = cli_cluster.kiln("join", cli_cluster.address, "--name", "gpu3", "--preload", "embed",
+                         timeout=300)
+    assert r.returncode == 0, _show(r)
+    assert "Agents warm (kiln-agent:gpu3:cpu)" in _flat(r.stdout), _show(r)
+    probe = subprocess.run([sys.executable, "-c", _PROBE, cli_cluster.address, "gpu3"],
+                           env=cli_cluster.env(), capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, _show(probe)
+    assert json.loads(probe.stdout.splitlines()[-1]) == {
+        "name": "kiln-agent:gpu3:cpu", "rewarming": False, "models_loaded": ["default"],
+        "jobs_run": 0, "made_by_this_driver": False}
 
 
 @multinode

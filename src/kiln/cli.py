@@ -392,12 +392,12 @@ def up(host: Annotated[str, typer.Option(
         _fail(f"--preload-timeout {preload_timeout:g}: use 0 or more seconds")
     _run(cmd, dry_run, block, marker=node, banner=banner, env=env)
     if "KILN_AGENT_PRELOAD" in env and preload_timeout and not dry_run:
-        _warm(f"{host}:{port}", node, preload_timeout, auth_on)
+        _warm(f"{host}:{port}", node, preload_timeout, auth_on, what="the head")
 
 
-def _warm(address: str, node: str, timeout: float, auth_on: bool) -> None:
-    """Start the new head's agents and wait until they are warm (``kiln._cli_warm``, in a
-    process of its own); the head runs whatever happens, and a failure here says so."""
+def _warm(address: str, node: str, timeout: float, auth_on: bool, what: str) -> None:
+    """Start the new node's agents and wait until they are warm (``kiln._cli_warm``, in a
+    process of its own); the node runs whatever happens, and a failure here says so."""
     started = time.monotonic()
     env = {**os.environ, **({"RAY_AUTH_MODE": "token"} if auth_on else {})}
     problems: list[str] = []
@@ -412,8 +412,9 @@ def _warm(address: str, node: str, timeout: float, auth_on: bool) -> None:
     except subprocess.TimeoutExpired:
         warm, problems = [], [f"they did not start within {timeout + 120:g} s"]
     if problems:
-        _fail(f"the head is up, but its agents are not ready to serve: {'; '.join(problems)}. "
-              f"`kiln doctor --address {address}` shows the checks; `kiln down` stops the head")
+        _fail(f"{what} is up, but its agents are not ready to serve: {'; '.join(problems)}. "
+              f"`kiln doctor --address {address}` shows the checks; `kiln down` stops "
+              f"{'it' if what == 'the head' else 'the node'}")
     console.print(escape(f"Agents warm ({', '.join(warm)}) in {time.monotonic() - started:.1f} s."))
 
 
@@ -431,11 +432,15 @@ def _preload_env(preload: str) -> dict[str, str]:
 def join(address: Annotated[str, typer.Argument(help="HEAD_HOST:PORT")],
          name: Annotated[str, typer.Option(help="this node's kiln name, e.g. gpu2")],
          num_gpus: Annotated[int | None, typer.Option(help="GPUs to offer (default: all)")] = None,
-         preload: Preload = "", block: Block = False, dry_run: DryRun = False) -> None:
-    """Start a Ray worker node carrying a kiln name and join it to a head."""
+         preload: Preload = "", preload_timeout: PreloadTimeout = 120.0, block: Block = False,
+         dry_run: DryRun = False) -> None:
+    """Start a Ray worker node carrying a kiln name and join it to a head; with --preload, its
+    agents are started and warm when it returns."""
     from kiln.cluster import NODE_RESOURCE
 
     _check_name(name)
+    if preload_timeout < 0:
+        _fail(f"--preload-timeout {preload_timeout:g}: use 0 or more seconds")
     head_port = address.rpartition(":")[2]
     low, high = _worker_ports([int(head_port)] if head_port.isdigit() else [])
     cmd = [_ray_bin(), "start", f"--address={address}", f"--min-worker-port={low}",
@@ -443,9 +448,13 @@ def join(address: Annotated[str, typer.Argument(help="HEAD_HOST:PORT")],
            f"--resources={json.dumps({NODE_RESOURCE + name: 1})}"]
     if num_gpus is not None:
         cmd.append(f"--num-gpus={num_gpus}")
-    _run(cmd, dry_run, block, marker=name, env={**NODE_ENV, **_preload_env(preload)},
-         banner=None if dry_run else
+    env = {**NODE_ENV, **_preload_env(preload)}
+    _run(cmd, dry_run, block, marker=name, env=env, banner=None if dry_run else
          f"node [bold]{name}[/] {'joining' if block else 'joined'} {escape(address)}")
+    if "KILN_AGENT_PRELOAD" in env and preload_timeout and not dry_run:
+        # the token, where the cluster has one, is in this shell's RAY_AUTH_* (the banner of
+        # `kiln up` says so), and the warm-up's process inherits it
+        _warm(address, name, preload_timeout, auth_on=False, what=f"node {name}")
 
 
 @app.command()
