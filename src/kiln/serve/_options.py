@@ -16,6 +16,7 @@ from typing import Any
 from kiln.errors import GatewayError
 
 LOOPBACK_NAMES = ("localhost", "ip6-localhost")
+HTTP_PARSERS = ("auto", "httptools", "h11")  # uvicorn's --http choices (kiln.serve._server)
 
 
 def read_key(api_key: str | None, api_key_file: str | None) -> str | None:
@@ -106,8 +107,6 @@ class ServeOptions:
             if getattr(self, name) <= 0:
                 raise GatewayError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be "
                                    "more than 0")
-        from kiln.serve._server import HTTP_PARSERS
-
         if self.http not in HTTP_PARSERS:
             raise GatewayError(f"--http {self.http!r}: use one of {', '.join(HTTP_PARSERS)}")
         if self.retries < 0:

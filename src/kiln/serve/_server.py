@@ -42,6 +42,7 @@ except ImportError:  # pragma: no cover - a platform without its wheel
 
 from kiln._poll import wait_until
 from kiln.errors import GatewayError
+from kiln.serve._options import HTTP_PARSERS
 
 log = logging.getLogger("kiln.serve")
 _FD_RESERVE = 128  # descriptors kept for Ray, the model files, logs and the listening socket
@@ -124,9 +125,6 @@ class Guard:
         if len(idle) < excess:  # every other connection is busy: this one waits its turn
             type(self).closed["refused"] += 1
             self.transport.close()
-
-
-HTTP_PARSERS = ("auto", "httptools", "h11")
 
 
 def guarded(timeout_header: float, max_connections: int, http: str = "auto") -> type[Guard]:
