@@ -49,6 +49,28 @@ def wait_for(check, what: str, timeout: float) -> float:
 
 
 @pytest.mark.slow
+def health(url: str) -> dict:
+    """The gateway's /healthz, or {} while it does not answer."""
+    try:
+        return httpx.get(url + "/healthz", timeout=5).json()
+    except httpx.HTTPError:
+        return {}
+
+
+@pytest.fixture
+def notebook_head(tmp_path, monkeypatch):
+    """A scratch head, not up yet, whose token and RAY_TMPDIR this process's environment carries,
+    as a notebook's machine has them after `kiln join` (a SupervisedServer's child inherits
+    them); removed afterwards."""
+    head = Head(TOKEN, prefix="kgw")
+    for key, value in head.env(RAY_TMPDIR=str(tmp_path / "gw")).items():
+        monkeypatch.setenv(key, value)
+    try:
+        yield head
+    finally:
+        head.remove()
+
+
 def test_the_gateway_outlives_its_head_and_attaches_to_the_next_one(tmp_path):
     head = Head(TOKEN, prefix="kgw")
     port = free_port()
@@ -61,20 +83,14 @@ def test_the_gateway_outlives_its_head_and_attaches_to_the_next_one(tmp_path):
         stderr=log.open("wb"), start_new_session=True)
     load = None
     try:
-        def health() -> dict:
-            try:
-                return httpx.get(url + "/healthz", timeout=5).json()
-            except httpx.HTTPError:
-                return {}
-
         # 1. no head yet: it serves from its fallback and says so
-        wait_for(lambda: health().get("cluster") == "detached", "gateway up", 120)
+        wait_for(lambda: health(url).get("cluster") == "detached", "gateway up", 120)
         assert httpx.get(url + "/readyz").status_code == 503
         r = httpx.post(url + "/infer", json={"texts": ["before the head"]}, timeout=60)
         assert r.status_code == 200 and r.json()["fallback"] is True
         # 2. the head comes up: it attaches
         head.up()
-        wait_for(lambda: health().get("agents_ready", 0) >= 1, "attached", 120)
+        wait_for(lambda: health(url).get("agents_ready", 0) >= 1, "attached", 120)
         assert httpx.get(url + "/readyz").status_code == 200
         supervisor = psutil.Process(gateway.pid)
         first_worker = httpx.get(url + "/cluster", timeout=30).json()["gateway"]["pid"]
@@ -84,7 +100,7 @@ def test_the_gateway_outlives_its_head_and_attaches_to_the_next_one(tmp_path):
         # 3. the head dies: degraded, still serving
         head.kill()
         killed = time.monotonic()
-        wait_for(lambda: health().get("status") == "degraded", "degraded", 30)
+        wait_for(lambda: health(url).get("status") == "degraded", "degraded", 30)
         wait_for(lambda: any(t > killed + 1 and fb for t, s, fb in load.results), "fallback", 30)
         # 4. a new head on the same port: a fresh worker attaches to it
         head.up()
@@ -103,7 +119,7 @@ def test_the_gateway_outlives_its_head_and_attaches_to_the_next_one(tmp_path):
         assert len(statuses) - len(answered) <= 1, [r for r in load.results if r[1] != 200]
         assert supervisor.is_running() and gateway.poll() is None  # one gateway throughout
         assert httpx.get(url + "/cluster", timeout=30).json()["gateway"]["pid"] != first_worker
-        assert health() == {"status": "ok", "agents_ready": 1, "fallback": True,
+        assert health(url) == {"status": "ok", "agents_ready": 1, "fallback": True,
                             "cluster": "attached"}
         print(f"requests {len(statuses)}, served by fallback "
               f"{sum(1 for *_, fb in load.results if fb)}, recovery {recovery:.1f} s after the "
@@ -122,39 +138,27 @@ def test_the_gateway_outlives_its_head_and_attaches_to_the_next_one(tmp_path):
 
 @pytest.mark.slow
 def test_a_gateway_started_from_a_notebook_attaches_again_after_a_head_restart(
-        no_cluster, tmp_path, monkeypatch):
+        no_cluster, notebook_head):
     from kiln.serve._supervisor import SupervisedServer
 
-    head = Head(TOKEN, prefix="kgw")
-    # what the notebook's machine has after `kiln join`: the head's token (the child inherits it)
-    for key, value in head.env(RAY_TMPDIR=str(tmp_path / "gw")).items():
-        monkeypatch.setenv(key, value)
-    try:
+    head = notebook_head
+    head.up()
+    with SupervisedServer(address=head.address, port=0, timeout=60) as server:
+        def from_an_agent() -> bool:
+            r = httpx.post(server.url + "/infer", json={"texts": ["from an agent?"]},
+                           timeout=60)
+            return r.status_code == 200 and not r.json()["fallback"]
+
+        wait_for(lambda: health(server.url).get("agents_ready", 0) >= 1, "attached", 180)
+        wait_for(from_an_agent, "an agent answers", 120)
+        head.kill()
+        wait_for(lambda: health(server.url).get("status") == "degraded", "degraded", 30)
         head.up()
-        with SupervisedServer(address=head.address, port=0, timeout=60) as server:
-            def health() -> dict:
-                try:
-                    return httpx.get(server.url + "/healthz", timeout=5).json()
-                except httpx.HTTPError:
-                    return {}
-
-            def from_an_agent() -> bool:
-                r = httpx.post(server.url + "/infer", json={"texts": ["from an agent?"]},
-                               timeout=60)
-                return r.status_code == 200 and not r.json()["fallback"]
-
-            wait_for(lambda: health().get("agents_ready", 0) >= 1, "attached", 180)
-            wait_for(from_an_agent, "an agent answers", 120)
-            head.kill()
-            wait_for(lambda: health().get("status") == "degraded", "degraded", 30)
-            head.up()
-            # a BackgroundServer would stay degraded here until its process restarted
-            wait_for(lambda: health().get("agents_ready", 0) >= 1, "attached again", 180)
-            wait_for(from_an_agent, "an agent answers again", 120)
-            assert health()["cluster"] == "attached"
-        assert not server.process.is_alive()  # stopped with its workers
-    finally:
-        head.remove()
+        # a BackgroundServer would stay degraded here until its process restarted
+        wait_for(lambda: health(server.url).get("agents_ready", 0) >= 1, "attached again", 180)
+        wait_for(from_an_agent, "an agent answers again", 120)
+        assert health(server.url)["cluster"] == "attached"
+    assert not server.process.is_alive()  # stopped with its workers
 
 
 @pytest.mark.slow
@@ -204,28 +208,18 @@ def test_after_a_head_restart_with_preload_an_agent_answers_within_seconds_of_ki
 
 @pytest.mark.slow
 def test_a_detached_gateway_finds_its_agents_soon_after_the_head_comes_up_whatever_its_refresh(
-        no_cluster, tmp_path, monkeypatch):
+        no_cluster, notebook_head):
     from kiln.serve._supervisor import SupervisedServer
 
-    head = Head(TOKEN, prefix="kgw")
-    for key, value in head.env(RAY_TMPDIR=str(tmp_path / "gw")).items():
-        monkeypatch.setenv(key, value)
-    try:
-        # no head yet: the gateway looks for it every second, as a fresh worker does after a
-        # head restart, while its refreshes of the agents are a minute apart
-        with SupervisedServer(address=head.address, allow_no_cluster=True, refresh_s=60,
-                              port=0) as server:
-            def health() -> dict:
-                try:
-                    return httpx.get(server.url + "/healthz", timeout=5).json()
-                except httpx.HTTPError:
-                    return {}
-
-            wait_for(lambda: health().get("cluster") == "detached", "gateway up", 120)
-            head.up()
-            took = wait_for(lambda: health().get("agents_ready", 0) >= 1, "an agent ready", 45)
-            assert health() == {"status": "ok", "agents_ready": 1, "fallback": True,
-                                "cluster": "attached"}
-            print(f"attached and found its agent {took:.1f} s after `kiln up` returned")
-    finally:
-        head.remove()
+    head = notebook_head
+    # no head yet: the gateway looks for it every second, as a fresh worker does after a head
+    # restart, while its refreshes of the agents are a minute apart
+    with SupervisedServer(address=head.address, allow_no_cluster=True, refresh_s=60,
+                          port=0) as server:
+        wait_for(lambda: health(server.url).get("cluster") == "detached", "gateway up", 120)
+        head.up()
+        took = wait_for(lambda: health(server.url).get("agents_ready", 0) >= 1, "an agent ready",
+                        45)
+        assert health(server.url) == {"status": "ok", "agents_ready": 1, "fallback": True,
+                                      "cluster": "attached"}
+        print(f"attached and found its agent {took:.1f} s after `kiln up` returned")
