@@ -359,6 +359,8 @@ def up(host: Annotated[str, typer.Option(
 
     node = default_node_name() if name is None else name  # --name '' is an error
     _check_name(node)
+    if preload_timeout < 0:  # every argument before anything starts
+        _fail(f"--preload-timeout {preload_timeout:g}: use 0 or more seconds")
     if port == client_port:
         _fail(f"--port and --client-port are both {port}: give them different ports")
     low, high = _worker_ports([port, client_port])
@@ -388,8 +390,6 @@ def up(host: Annotated[str, typer.Option(
                  "others.)\n" if host in ("127.0.0.1", "localhost") else "")
               + f"{escape(auth_line)}\nFrom a notebook: kiln.connect(\"{where}\").")
     env = {**NODE_ENV, **HEALTH_CHECK, **_preload_env(preload)}
-    if preload_timeout < 0:
-        _fail(f"--preload-timeout {preload_timeout:g}: use 0 or more seconds")
     _run(cmd, dry_run, block, marker=node, banner=banner, env=env)
     if "KILN_AGENT_PRELOAD" in env and preload_timeout and not dry_run:
         _warm(f"{host}:{port}", node, preload_timeout, auth_on, what="the head")

@@ -7,6 +7,7 @@ line naming the option, and runs before Ray is touched.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 from dataclasses import asdict, dataclass, field
@@ -109,6 +110,9 @@ class ServeOptions:
                                    "more than 0")
         if self.http not in HTTP_PARSERS:
             raise GatewayError(f"--http {self.http!r}: use one of {', '.join(HTTP_PARSERS)}")
+        if self.http == "httptools" and importlib.util.find_spec("httptools") is None:
+            raise GatewayError("--http httptools: httptools is not installed here "
+                               "(pip install httptools, or --http auto)")
         if self.retries < 0:
             raise GatewayError(f"--retries {self.retries}: must be 0 or more")
         if self.workers > 1 and not self.address:

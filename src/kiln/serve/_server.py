@@ -3,9 +3,9 @@
 What plain uvicorn left open (issue 12, item 3), and what is done here:
 
 - A connection that never sends a request was held for ever (the keep-alive timer starts only
-  after a first response): the guarded protocols (uvicorn's httptools one where httptools is
-  installed, as ``uvicorn --http auto`` picks, else its h11 one) close a connection whose request line and
-  headers have not arrived ``timeout_header`` seconds after it opened (or after its last
+  after a first response): the guarded protocols (uvicorn's httptools one, as ``uvicorn
+  --http auto`` picks it where httptools is installed, or its h11 one) close a connection whose
+  request line and headers have not arrived ``timeout_header`` seconds after it opened (or after its last
   response). The body has its own timeout in ``kiln.serve._middleware``.
 - ~20,000 idle connections took every file descriptor and ``/healthz`` with them: at
   ``max_connections`` the oldest *idle* connections are closed to make room for a new one
@@ -35,7 +35,7 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-try:  # uvicorn's faster parser, as `--http auto` uses it: installed with kiln on Linux
+try:  # uvicorn's faster parser, which `--http auto` takes: a dependency of kiln
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # pragma: no cover - a platform without its wheel
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
@@ -129,7 +129,7 @@ class Guard:
 
 def guarded(timeout_header: float, max_connections: int, http: str = "auto") -> type[Guard]:
     """The guarded protocol class for ``http`` (``auto``: httptools where installed, as uvicorn
-    picks; it parsed one-text requests at about twice h11's rate)."""
+    picks; ``ServeOptions.check`` has refused a bad name before anything connects)."""
     if http not in HTTP_PARSERS:
         raise GatewayError(f"--http {http!r}: use one of {', '.join(HTTP_PARSERS)}")
     if http == "httptools" and HttpToolsProtocol is None:
