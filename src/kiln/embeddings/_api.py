@@ -70,6 +70,9 @@ def embed(texts: str | Sequence[str], model: str = "default", strategy: str | No
     to the agent that owns it, for cache locality). ``on`` limits the agents to those nodes.
     Requests longer than ``chunk`` texts are split and encoded on several agents at once
     (default: 2048 texts a call when a GPU agent takes part, else 512).
+    ``cache``: each agent answers the texts it has already encoded from its cache; an agent
+    call of more new texts than ``KILN_EMBED_CACHE_ADMIT_TEXTS`` (1024) reads the cache but
+    does not store them (a bulk scan would evict the texts that repeat).
     """
     items = check_texts(texts)
     router = router_for(strategy)
