@@ -2,8 +2,9 @@
 
 ``create_app`` assembles one router per concern (``embed_api``: /infer, /infer/parallel;
 ``openai_api``: /v1/embeddings, /v1/models; ``ops_api``: /cluster, /metrics, /healthz,
-/readyz) over one ``Gateway`` (routing, failover, fallback) and the ``Intake`` middleware (API
-key, content type, body limits and timeouts).
+/readyz) over one ``Gateway`` (routing, failover, fallback), the ``Intake`` middleware (API
+key, content type, body limits and timeouts) and, inside it, ``FastLane`` (a well-formed
+``POST /infer`` answered without FastAPI's machinery; serve/_fast.py).
 
 Every error is JSON, ``{"error": {"type", "message", "field"}}``, naming the field at fault;
 bodies are parsed as JSON only (nothing from HTTP is ever unpickled); with an API key, every
@@ -15,7 +16,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -26,7 +26,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from kiln import __version__
 from kiln.errors import NotConnectedError
 from kiln.serve._attach import ClusterLink
-from kiln.serve._gateway import Gateway, Limits
+from kiln.serve._fast import FastLane
+from kiln.serve._gateway import Gateway, Limits, Served
 from kiln.serve._metrics import Metrics
 from kiln.serve._middleware import ApiError, Intake, error_response
 from kiln.serve._options import read_key
@@ -35,16 +36,6 @@ log = logging.getLogger("kiln.serve")
 
 _CURRENT = object()
 DEFAULT_MODELS = ("default", "large", "multilingual")
-
-
-@dataclass
-class Served:
-    """What the routers share: ``request.app.state.kiln``."""
-
-    gateway: Gateway
-    metrics: Metrics
-    limits: Limits
-    models: list[str]
 
 
 def create_app(cluster: Any = _CURRENT, *, strategy: str = "round_robin",
@@ -96,6 +87,9 @@ def create_app(cluster: Any = _CURRENT, *, strategy: str = "round_robin",
     app.state.gateway = gateway
     app.state.metrics = metrics
     app.state.after_stop = []  # called once the server has drained and the gateway stopped
+    app.state.draining = False  # set, not absent: a missing name costs Starlette an exception
+    # Added first, so it runs inside Intake: the key and the body limits come before it.
+    app.add_middleware(FastLane, served=app.state.kiln)
     app.add_middleware(Intake, key=key, max_body_bytes=limits.max_body_bytes,
                        body_timeout=body_timeout)
     _errors(app)

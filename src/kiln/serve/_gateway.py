@@ -100,6 +100,16 @@ class Outcome(NamedTuple):
     fallback: bool
 
 
+@dataclass
+class Served:
+    """What the endpoints share: ``request.app.state.kiln``."""
+
+    gateway: Gateway
+    metrics: Metrics
+    limits: Limits
+    models: list[str]
+
+
 class Gateway:
     """Routing, failover and fallback for one app; see the module docstring.
 
@@ -484,6 +494,8 @@ class Gateway:
                 "uptime_s": round(time.time() - self.started, 1),
                 "inflight": self.inflight, "timeout_s": self.timeout, "retries": self.retries,
                 "limits": self.limits.__dict__,
+                # requests per cluster call: how much the coalescer merges (None when off)
+                "coalescer": self.coalescer.stats() if self.coalescer else None,
             },
             "agents": agents,
             "totals": {

@@ -42,8 +42,9 @@ async def embeddings(request: Request, body: EmbeddingsRequest,
                      strategy: Strategy | None = Query(None)) -> Response:
     """OpenAI-compatible embeddings (``input``: a text, texts, or token ids; float or base64)."""
     texts = await _texts(request, body.input, body.model)
-    check(request, texts, body.model, "input")
-    out = await run(request, "/v1/embeddings", texts, body.model, strategy)
+    s = served(request)
+    check(s, texts, body.model, "input")
+    out = await run(s, "/v1/embeddings", texts, body.model, strategy)
     data = []
     for i, vector in enumerate(out.embeddings):
         value: Any = (base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
