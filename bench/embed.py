@@ -342,24 +342,51 @@ def profile(server: Server, sizes: Sizes, clients: int, texts: int, out_dir: Pat
              "--rate", "50", "--format", "raw", "--nonblocking", "--output",
              str(out_dir / f"pyspy-{name}-c{clients}-t{texts}.txt")],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    before, t = process_cpu(), time.perf_counter()
+    before, t, merged = process_cpu(), time.perf_counter(), batching(server.url)
     load = loadgen.run(loadgen.Load(url=server.url, clients=clients, texts=texts,
                                     duration_s=sizes.duration_s, warmup_s=sizes.warmup_s,
                                     procs=sizes.procs))
     wall, after = time.perf_counter() - t, process_cpu()
+    merged = {k: batching(server.url)[k] - v for k, v in merged.items()}
     cpu: dict[str, float] = {"load generator (its own count)": load["client_cpu_s"]}
     for pid, (kind, sec) in after.items():
         cpu[kind] = round(cpu.get(kind, 0) + sec - before.get(pid, (kind, 0.0))[1], 2)
     out: dict[str, Any] = {
         "load": load, "wall_s": round(wall, 2), "cpus": os.cpu_count(),
         "cpu_s_by_process": dict(sorted(cpu.items(), key=lambda kv: -kv[1])),
-        "loadavg": os.getloadavg()}
+        "loadavg": os.getloadavg(), "merging": merging(load, merged, sizes.warmup_s)}
     for name, spy in spies.items():
         _, err = spy.communicate(timeout=seconds + 60)
         path = out_dir / f"pyspy-{name}-c{clients}-t{texts}.txt"
         out[f"pyspy_{name}"] = (collapsed(path) if path.exists()
                                 else {"error": (err or "")[-300:]})
     return out
+
+
+def batching(url: str) -> dict[str, int]:
+    """The agents' batcher counts so far (every agent, from the gateway's /cluster)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/cluster", timeout=30) as r:
+        agents = json.loads(r.read())["agents"]
+    out = {"agent_calls": 0, "gpu_passes": 0, "texts": 0}
+    for a in agents:
+        b = (a.get("info") or {}).get("batcher") or {}
+        out["agent_calls"] += b.get("requests", 0)
+        out["gpu_passes"] += b.get("batches", 0)
+        out["texts"] += b.get("texts", 0)
+    return out
+
+
+def merging(load: dict[str, Any], merged: dict[str, int], warmup_s: float) -> dict[str, Any]:
+    """How much rode together over the warm-up and the window: HTTP requests per agent call
+    (the gateways' coalescers; requests estimated at the window's rate) and agent calls per
+    forward pass (the agent's batcher)."""
+    sent = load["requests"] * (1 + warmup_s / max(load["window_s"], 1e-9))
+    return {**merged,
+            "requests_per_agent_call": round(sent / max(merged["agent_calls"], 1), 1),
+            "agent_calls_per_pass": round(merged["agent_calls"] / max(merged["gpu_passes"], 1), 2),
+            "texts_per_pass": round(merged["texts"] / max(merged["gpu_passes"], 1), 1)}
 
 
 def median(results: dict[str, Any], *keys: str) -> float | None:
