@@ -53,6 +53,22 @@ def test_duplicates_in_one_request_are_encoded_once_and_kept_in_order(state):
     assert st.batcher.texts == 3
 
 
+def test_a_call_mixing_cached_and_new_texts_keeps_every_row_and_count_in_place(state):
+    st, ctx = state
+    long = "word " * 2000
+    worker.encode(st, {"texts": ["alpha", long]}, ctx)  # these two are cached now
+    texts = ["new one", "alpha", long, "new two", "alpha"]
+    out = worker.encode(st, {"texts": texts, "per_text": True}, ctx)
+    fresh = worker.encode(st, {"texts": texts, "cache": False, "per_text": True}, ctx)
+    assert out["per_text"]["cached"].tolist() == [False, True, True, False, True]
+    assert out["per_text"]["truncated"].tolist() == [False, False, True, False, False]
+    assert out["per_text"]["tokens"].tolist() == fresh["per_text"]["tokens"].tolist()
+    assert (out["cached"], out["truncated"]) == (3, 1)
+    # other batch neighbours pad differently: equal to float32 rounding, row by row
+    assert np.allclose(out["embeddings"], fresh["embeddings"], atol=1e-5)
+    assert not np.allclose(out["embeddings"][1], out["embeddings"][0], atol=1e-2)
+
+
 def test_truncation_and_tokens_are_reported(state):
     st, ctx = state
     out = worker.encode(st, {"texts": ["word " * 2000, "hi"]}, ctx)

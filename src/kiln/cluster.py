@@ -394,6 +394,11 @@ class Cluster:
                 # flight then fails with AgentLostError and is never re-run silently by Ray.
                 max_restarts=-1, max_task_retries=0,
                 max_concurrency=WORK_THREADS,
+                # Ray records every call's state changes for its dashboard and sends them to
+                # the GCS: thousands of embedding calls a second, ~60-160 us of the agent's CPU
+                # each on the 2-core VM (one call: 540-670 -> 480-550 us). kiln's own /cluster
+                # and AgentRecord say what agents do.
+                enable_task_events=False,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(rn["NodeID"], soft=False),
                 # Agents belong to the cluster and outlive this driver: the next driver (and
                 # the gateway) reuse them and their compiled caches. Detached also in the

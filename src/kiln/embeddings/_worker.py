@@ -117,15 +117,22 @@ def encode(state: State, payload: Payload, ctx: Context) -> Reply:
     found = state.cache.get_many(keys) if use_cache else [None] * len(unique)
     missing: list[str] = []
     missing_keys: list[Key] = []
+    hits: list[tuple[int, Any]] = []  # (row, entry), put in place together below
     for j, (text, entry) in enumerate(zip(unique, found, strict=True)):
-        where = positions[text]
         if entry is None:
             missing.append(text)
             if use_cache:
                 missing_keys.append(keys[j])
             continue
-        vectors[where] = entry.vector
-        tokens[where], cut[where], hit[where] = entry.tokens, entry.truncated, True
+        hits.extend((i, entry) for i in positions[text])
+    if hits:
+        # one numpy assignment per column, not four per text: a cached text cost 5.5 us in
+        # this function on the 2-core VM, now 2.2-3.2
+        at = [i for i, _ in hits]
+        vectors[at] = np.stack([e.vector for _, e in hits])
+        tokens[at] = [e.tokens for _, e in hits]
+        cut[at] = [e.truncated for _, e in hits]
+        hit[at] = True
     if missing:
         fresh = state.batcher.encode(enc, missing, cancelled=ctx.cancelled)
         rows = [positions[text] for text in missing]
