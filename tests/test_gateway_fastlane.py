@@ -5,6 +5,8 @@ MiniLM), real HTTP clients."""
 
 from __future__ import annotations
 
+import base64
+
 import httpx
 import numpy as np
 import pytest
@@ -99,3 +101,49 @@ def test_the_key_is_checked_before_the_lane(tmp_path):
         assert lane(app).hits == 0
         r = post(s.url, "/infer", json={"texts": ["x"]}, headers={"Authorization": f"Bearer {KEY}"})
         assert r.status_code == 200 and lane(app).hits == 1
+
+
+def test_openai_embeddings_of_text_take_the_lane_and_answer_as_the_ordinary_way(served):
+    server, app = served
+    texts = ["an openai client's text", "and another"]
+    before = lane(app).hits
+    fast = post(server.url, "/v1/embeddings", json={"input": texts, "model": "default"})
+    b64 = post(server.url, "/v1/embeddings", json={"input": texts, "encoding_format": "base64",
+                                                    "user": "someone"})
+    one = post(server.url, "/v1/embeddings", json={"input": texts[1]})
+    assert lane(app).hits == before + 3
+    slow = post(server.url, "/v1/embeddings?strategy=round_robin", json={"input": texts})
+    assert lane(app).hits == before + 3
+    assert all(r.status_code == 200 for r in (fast, b64, one, slow))
+    a, s = fast.json(), slow.json()
+    assert a.keys() == s.keys() == {"object", "data", "model", "usage"}
+    assert a["usage"] == s["usage"] and a["usage"]["total_tokens"] > 0
+    assert [d["index"] for d in a["data"]] == [0, 1] and a["model"] == "default"
+    vectors = np.array([d["embedding"] for d in a["data"]], dtype=np.float32)
+    assert np.array_equal(vectors, np.array([d["embedding"] for d in s["data"]], np.float32))
+    decoded = [np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in b64.json()["data"]]
+    assert np.array_equal(decoded, vectors)
+    assert np.array_equal(np.float32(one.json()["data"][0]["embedding"]), vectors[1])
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"input": ["ok"], "encoding_format": "hex"}, "encoding_format"),
+    ({"input": ["ok"], "user": 5}, "user"),
+    ({"input": ["ok"], "dimensions": 8}, "dimensions"),
+    ({"input": ["ok", None]}, "input[1]"),
+    ({"input": []}, "input"),
+])
+def test_an_openai_body_the_lane_does_not_take_gets_the_ordinary_ways_error(served, body, field):
+    server, app = served
+    before = lane(app).hits
+    r = post(server.url, "/v1/embeddings", json=body)
+    assert r.status_code == 422 and r.json()["error"]["field"] == field, r.text
+    assert lane(app).hits == before
+
+
+def test_openai_token_ids_take_the_ordinary_way_which_decodes_them(served):
+    server, app = served
+    before = lane(app).hits
+    r = post(server.url, "/v1/embeddings", json={"input": [[7592, 2088]]})
+    assert r.status_code == 200 and len(r.json()["data"]) == 1
+    assert lane(app).hits == before

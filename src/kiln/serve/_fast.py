@@ -1,31 +1,79 @@
-"""The hot path: a well-formed ``POST /infer`` answered without FastAPI's request machinery.
+"""The hot path: a well-formed ``POST /infer`` or ``POST /v1/embeddings`` of texts, answered
+without FastAPI's request machinery.
 
 At 64 one-text clients, py-spy had half of a gateway worker's samples in FastAPI and
 Starlette between the middleware and the endpoint (routing, dependency solving, the exit-stack
 and exception wrappers, pydantic on the body), four times the samples of the endpoint's own
 work. A search box's request is small and always the same shape, so ``FastLane`` serves it
-directly: one ``orjson.loads``, the checks of ``InferRequest`` by hand, then the endpoint's
-very ``check`` and ``run``, and the answer ``/infer`` gives.
+directly: one ``orjson.loads``, the schema's checks by hand, then the endpoint's very
+``check`` and ``run``, and the answer the endpoint gives.
 
 Anything else takes the ordinary way, with the body replayed: another path or method, a query
-string (``?strategy=``), a body that is not exactly ``{"texts": [str, ...], "model": str}``.
-So every error a client can get is FastAPI's, worded as before, and the fast lane cannot
-accept what the schema refuses. It sits inside ``Intake``: the key, content type and body
-limits are checked before it.
+string (``?strategy=``), a body the lane does not take exactly as it is (a wrong type, a field
+it does not know, OpenAI token ids). So every error a client can get is FastAPI's, worded as
+before, and the lane cannot accept what the schema refuses. It sits inside ``Intake``: the
+key, content type and body limits are checked before it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import orjson
 
 from kiln.serve._embed_api import check, infer_body, json_bytes, run
-from kiln.serve._gateway import Served
+from kiln.serve._gateway import Outcome, Served
 from kiln.serve._middleware import ApiError, error_response
+from kiln.serve._openai_api import embeddings_body
 
-_FIELDS = frozenset({"texts", "model"})
 _HEADERS = [(b"content-type", b"application/json")]
+
+
+class Parsed(NamedTuple):
+    texts: list[str]
+    model: str
+    answer: Callable[[Outcome], dict[str, Any]]  # the endpoint's body for the outcome
+
+
+def _texts(value: Any) -> list[str] | None:
+    if type(value) is not list or not value or not all(type(t) is str for t in value):
+        return None
+    return value
+
+
+def _model(data: dict) -> str | None:
+    model = data.get("model", "default")
+    return model if type(model) is str and model else None
+
+
+def _infer(data: dict) -> Parsed | None:
+    """``InferRequest``: ``texts`` (non-empty, strings), ``model``; nothing else."""
+    if not data.keys() <= {"texts", "model"}:
+        return None
+    texts, model = _texts(data.get("texts")), _model(data)
+    return None if texts is None or model is None else Parsed(texts, model, infer_body)
+
+
+def _embeddings(data: dict) -> Parsed | None:
+    """``EmbeddingsRequest`` with text input: a string or non-empty strings (token ids go the
+    ordinary way, which decodes them); ``encoding_format`` float or base64; ``user`` a string."""
+    if not data.keys() <= {"input", "model", "encoding_format", "user"}:
+        return None
+    given = data.get("input")
+    texts = [given] if type(given) is str else _texts(given)
+    model, encoding = _model(data), data.get("encoding_format", "float")
+    if (texts is None or model is None or encoding not in ("float", "base64")
+            or type(data.get("user", "")) is not str):
+        return None
+    return Parsed(texts, model, lambda out: embeddings_body(out, model, encoding))
+
+
+# path: (how its body is read, the field its texts are named by in errors)
+ROUTES: dict[str, tuple[Callable[[dict], Parsed | None], str]] = {
+    "/infer": (_infer, "texts"),
+    "/v1/embeddings": (_embeddings, "input"),
+}
 
 
 class FastLane:
@@ -37,18 +85,18 @@ class FastLane:
         self.hits = 0  # requests it answered (the tests check that the lane is used)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if (scope["type"] != "http" or scope["path"] != "/infer" or scope["method"] != "POST"
-                or scope.get("query_string")):
+        route = ROUTES.get(scope["path"]) if scope["type"] == "http" else None
+        if route is None or scope["method"] != "POST" or scope.get("query_string"):
             return await self.app(scope, receive, send)
         message = await receive()
-        request = _infer_request(message)
-        if request is None:
+        parsed = _parse(message, route[0])
+        if parsed is None:
             return await self.app(scope, _replay(message, receive), send)
-        texts, model = request
         self.hits += 1
         try:
-            check(self.served, texts, model, "texts")
-            body = json_bytes(infer_body(await run(self.served, "/infer", texts, model, None)))
+            check(self.served, parsed.texts, parsed.model, route[1])
+            out = await run(self.served, scope["path"], parsed.texts, parsed.model, None)
+            body = json_bytes(parsed.answer(out))
         except ApiError as err:
             response = error_response(err.status, err.kind, err.message, err.field, err.headers)
             return await response(scope, receive, send)
@@ -57,8 +105,8 @@ class FastLane:
         await send({"type": "http.response.body", "body": body})
 
 
-def _infer_request(message: dict) -> tuple[list[str], str] | None:
-    """``(texts, model)`` when ``message`` is a whole body ``InferRequest`` accepts, as it is,
+def _parse(message: dict, read: Callable[[dict], Parsed | None]) -> Parsed | None:
+    """The request in ``message`` when it is a whole body the route's schema accepts as it is,
     with no coercion; otherwise None (the ordinary way decides, and words any error)."""
     if message.get("type") != "http.request" or message.get("more_body"):
         return None
@@ -66,13 +114,7 @@ def _infer_request(message: dict) -> tuple[list[str], str] | None:
         data = orjson.loads(message.get("body", b""))
     except orjson.JSONDecodeError:
         return None
-    if type(data) is not dict or not data.keys() <= _FIELDS:
-        return None
-    texts, model = data.get("texts"), data.get("model", "default")
-    if (type(texts) is not list or not texts or type(model) is not str or not model
-            or not all(type(t) is str for t in texts)):
-        return None
-    return texts, model
+    return read(data) if type(data) is dict else None
 
 
 def _replay(message: dict, receive: Any) -> Any:

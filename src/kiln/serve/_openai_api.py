@@ -19,6 +19,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from kiln.serve._embed_api import KEYED, check, json_response, run, served
+from kiln.serve._gateway import Outcome
 from kiln.serve._middleware import ApiError
 from kiln.serve._schemas import (
     EmbeddingsRequest,
@@ -45,13 +46,18 @@ async def embeddings(request: Request, body: EmbeddingsRequest,
     s = served(request)
     check(s, texts, body.model, "input")
     out = await run(s, "/v1/embeddings", texts, body.model, strategy)
+    return json_response(embeddings_body(out, body.model, body.encoding_format))
+
+
+def embeddings_body(out: Outcome, model: str, encoding_format: str) -> dict[str, Any]:
+    """``/v1/embeddings``' answer (``EmbeddingsResponse``)."""
     data = []
     for i, vector in enumerate(out.embeddings):
         value: Any = (base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-                      if body.encoding_format == "base64" else vector)
+                      if encoding_format == "base64" else vector)
         data.append({"object": "embedding", "embedding": value, "index": i})
-    return json_response({"object": "list", "data": data, "model": body.model,
-                          "usage": {"prompt_tokens": out.tokens, "total_tokens": out.tokens}})
+    return {"object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": out.tokens, "total_tokens": out.tokens}}
 
 
 @router.get("/v1/models", response_model=ModelList)
