@@ -4,7 +4,8 @@
 ``openai_api``: /v1/embeddings, /v1/models; ``ops_api``: /cluster, /metrics, /healthz,
 /readyz) over one ``Gateway`` (routing, failover, fallback), the ``Intake`` middleware (API
 key, content type, body limits and timeouts) and, inside it, ``FastLane`` (a well-formed
-``POST /infer`` answered without FastAPI's machinery; serve/_fast.py).
+``POST /infer`` or ``/v1/embeddings`` of text answered without FastAPI's machinery;
+serve/_fast.py).
 
 Every error is JSON, ``{"error": {"type", "message", "field"}}``, naming the field at fault;
 bodies are parsed as JSON only (nothing from HTTP is ever unpickled); with an API key, every
