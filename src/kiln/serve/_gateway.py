@@ -127,8 +127,9 @@ class Gateway:
         self.metrics = metrics
         # Requests for one agent share a cluster call (serve/_coalesce.py); KILN_GATEWAY_COALESCE=0
         # (read when the gateway is made, not when its module is imported) gives each its own.
-        self.coalescer: Coalescer | None = (Coalescer() if settings().gateway_coalesce
-                                            else None)
+        env = settings()
+        self.coalescer: Coalescer | None = (
+            Coalescer(inflight=env.gateway_coalesce_inflight) if env.gateway_coalesce else None)
         self.timeout = timeout
         self.retries = retries
         self.fallback = fallback
