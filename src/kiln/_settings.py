@@ -79,7 +79,7 @@ class Settings(BaseSettings):
         True, description="0: `kiln serve` sends each request to its agent on its own, instead "
         "of sharing one cluster call per agent among the requests in flight")
     gateway_coalesce_inflight: int = Field(
-        2, ge=1, description="cluster calls in flight per agent in each `kiln serve` worker; "
+        1, ge=1, description="cluster calls in flight per agent in each `kiln serve` worker; "
         "requests that arrive meanwhile wait and leave together in the next call")
 
 

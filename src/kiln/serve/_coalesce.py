@@ -7,6 +7,13 @@ lane's queue; while fewer than ``inflight`` calls of that lane are in flight, a 
 with everything queued (up to ``max_texts``), and when it answers, each waiting request gets
 its own rows and counts back. An idle gateway adds no wait: a lone request leaves at once.
 
+One call in flight per lane (``KILN_GATEWAY_COALESCE_INFLIGHT``): every agent call costs the
+agent 0.5-0.9 ms of CPU on the 2-core VM whatever it carries, so fewer, fuller calls serve
+more. On an H100
+with 4 gateway workers, 64 one-text clients got 4,000-5,600 req/s with one call in flight
+against 2,800-4,000 with two, and 256 clients 3,200-9,600 against 1,000-2,900
+(``bench/results/gateway-inflight-h100.txt``).
+
 A request that gives up (its deadline passed, its client left) leaves the queue if its texts
 have not been sent; a call whose every request gave up is cancelled on its agent.
 """
@@ -39,7 +46,7 @@ class _Lane:
 class Coalescer:
     """Merges concurrent embedding requests per (agent, model); see the module docstring."""
 
-    def __init__(self, max_texts: int = 2048, inflight: int = 2) -> None:
+    def __init__(self, max_texts: int = 2048, inflight: int = 1) -> None:
         self.max_texts = max_texts
         self.inflight = inflight
         self._lanes: dict[tuple[str, str, bool], _Lane] = {}
