@@ -9,9 +9,8 @@ its own rows and counts back. An idle gateway adds no wait: a lone request leave
 
 One call in flight per lane (``KILN_GATEWAY_COALESCE_INFLIGHT``): every agent call costs the
 agent 0.5-0.9 ms of CPU on the 2-core VM whatever it carries, so fewer, fuller calls serve
-more. On an H100
-with 4 gateway workers, 64 one-text clients got 4,000-5,600 req/s with one call in flight
-against 2,800-4,000 with two, and 256 clients 3,200-9,600 against 1,000-2,900
+more. On an H100 with 4 gateway workers, 64 one-text clients got 4,000-5,600 req/s with one
+call in flight against 2,800-4,000 with two, and 256 clients 3,200-9,600 against 1,000-2,900
 (``bench/results/gateway-inflight-h100.txt``).
 
 A request that gives up (its deadline passed, its client left) leaves the queue if its texts
