@@ -230,6 +230,9 @@ def gateway(cluster: Any, sizes: Sizes, a: argparse.Namespace) -> dict[str, Any]
     with Server(cmd, port, name="kiln-serve") as s:
         out: dict[str, Any] = {"command": " ".join(["kiln", *cmd[3:]]),
                                "cold": {"start_s": s.cold_s, "first_call_ms": s.first_ms}}
+        if a.gateway_warmup > 0:
+            print(f"  warming the gateway for {a.gateway_warmup:g} s at 64 clients ...", flush=True)
+            out["ramp/c64/t1"] = ramp(s.url, sizes, a.gateway_warmup)
         out.update(serve_peers.drive_cases(s.url, sizes, "kiln gateway"))
         out["cache_hit/c1/t1"] = serve_peers.drive(s.url, sizes, 1, 1,
                                                    fixed="the same text every time")
@@ -237,6 +240,21 @@ def gateway(cluster: Any, sizes: Sizes, a: argparse.Namespace) -> dict[str, Any]
             print("  profiling the gateway at 64 one-text clients ...", flush=True)
             out["profile/c64/t1"] = profile(s, sizes, 64, 1, Path(a.profile_dir))
     return out
+
+
+def ramp(url: str, sizes: Sizes, seconds: float) -> list[dict[str, Any]]:
+    """3 s windows at 64 one-text clients for ``seconds``, before anything is timed: a fresh
+    cluster's gateway ramped from ~700 to ~4,000 req/s over its first ~40 s of load on an H100
+    (bench/results/gateway-inflight-h100.txt), and timed runs inside the ramp measured it."""
+    import loadgen
+
+    rounds: list[dict[str, Any]] = []
+    began = time.monotonic()
+    while time.monotonic() - began < seconds:
+        r = loadgen.run(loadgen.Load(url=url, clients=64, texts=1, duration_s=3.0,
+                                     warmup_s=0.5, procs=sizes.procs))
+        rounds.append({k: r[k] for k in ("req_per_s", "p50_ms", "p99_ms", "errors")})
+    return rounds
 
 
 def process_cpu() -> dict[int, tuple[str, float]]:
@@ -480,6 +498,8 @@ def main() -> None:
                    "GPU node, 1 on the CPU)")
     p.add_argument("--gateway-workers", type=int, default=1)
     p.add_argument("--gateway-args", default="", help="more `kiln serve` flags, one string")
+    p.add_argument("--gateway-warmup", type=float, help="seconds of load at 64 clients before "
+                   "the gateway is timed, each 3 s window recorded (default 45; quick 0)")
     p.add_argument("--duration", type=float, help="seconds per HTTP window (default 4)")
     p.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
                    help="also run bench/serve_peers.py's peers")
@@ -502,6 +522,8 @@ def main() -> None:
         return
     a.bulk = a.bulk or (256 if a.quick else 50_000)
     a.calls = a.calls or (20 if a.quick else 200)
+    if a.gateway_warmup is None:
+        a.gateway_warmup = 0.0 if a.quick else 45.0
     a.sweep_texts = max(256, min(20_000, a.bulk // 2))
     a.batch_sweep = [int(x) for x in (a.batch_sweep or (
         "32,128,512" if a.quick else "32,64,128,256,512,1024")).split(",")]
