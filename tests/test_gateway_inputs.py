@@ -160,6 +160,16 @@ def test_no_agent_is_degraded_but_alive_and_not_ready(client):
     assert cluster["fallback_loaded"] is True  # at start, not on a request's path
 
 
+def test_the_gateway_takes_what_it_loaded_out_of_later_garbage_collections():
+    import gc
+
+    before = gc.get_freeze_count()
+    app = create_app(None)  # its fallback model is loaded as it starts
+    with BackgroundServer(app):
+        assert app.state.settle_s > 0
+        assert gc.get_freeze_count() > before  # kiln._gc: full collections paused the loop
+
+
 # -- the official OpenAI client ---------------------------------------------------------------
 def test_the_openai_client_lists_models_and_embeds_text_and_token_ids(server):
     import openai

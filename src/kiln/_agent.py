@@ -43,6 +43,7 @@ import ray
 from kiln import _deaths
 from kiln import _preflight as preflight
 from kiln._boundary import to_wire
+from kiln._gc import settle
 from kiln._protocol import CAPABILITIES, AgentContext, JobContext, capabilities_named
 from kiln.errors import (
     AgentMemoryError,
@@ -216,6 +217,7 @@ class Agent:
             self._warm_up()
         finally:
             self._warmed.set()
+            self.startup["settle_s"] = round(settle(), 3)  # kiln._gc says why
 
     def _warm_up(self) -> None:
         began = time.perf_counter()
@@ -243,8 +245,10 @@ class Agent:
         self.startup["rewarm_s"] = round(time.perf_counter() - began, 3)
 
     def _note_loaded(self, capability: str) -> None:
-        """After a capability's first job here: remember what it imported, for a restart."""
+        """After a capability's first job here: remember what it imported, for a restart, and
+        take what it loaded out of later garbage collections (``kiln._gc``), beside the job."""
         self._noted.add(capability)
+        threading.Thread(target=settle, name="kiln-agent-settle", daemon=True).start()
         if _hard(capability):
             return  # user code: its imports are the user's, not re-run behind their back
         new = [m for m in _deaths.top_modules() if m not in self._baseline]

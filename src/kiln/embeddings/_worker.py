@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from kiln._gc import settle
 from kiln._protocol import AgentContext, Context, Payload, Reply
 from kiln._settings import settings
 from kiln.embeddings._batcher import Batcher
@@ -62,6 +63,7 @@ class State:
         with self._lock:
             if spec.path not in self.encoders:
                 self.encoders[spec.path] = Encoder(spec, self.device, self.dtype)
+                settle()  # a model's objects out of later full collections (kiln._gc)
             self._names[name] = spec.path
             return self.encoders[spec.path]
 

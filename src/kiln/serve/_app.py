@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kiln import __version__
+from kiln._gc import settle
 from kiln.errors import NotConnectedError
 from kiln.serve._attach import ClusterLink
 from kiln.serve._fast import FastLane
@@ -77,6 +78,9 @@ def create_app(cluster: Any = _CURRENT, *, strategy: str = "round_robin",
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await gateway.start()
+        # Ray, FastAPI and the fallback model are loaded: out of later full collections,
+        # which would otherwise pause the event loop (kiln._gc)
+        app.state.settle_s = settle()
         yield
         await gateway.stop()
         for hook in app.state.after_stop:
