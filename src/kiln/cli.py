@@ -391,8 +391,23 @@ def up(host: Annotated[str, typer.Option(
               + f"{escape(auth_line)}\nFrom a notebook: kiln.connect(\"{where}\").")
     env = {**NODE_ENV, **HEALTH_CHECK, **_preload_env(preload)}
     _run(cmd, dry_run, block, marker=node, banner=banner, env=env)
+    if not dry_run and not block:
+        _await_listening(host, client_port, "Ray's client server (ray://)")
     if "KILN_AGENT_PRELOAD" in env and preload_timeout and not dry_run:
         _warm(f"{host}:{port}", node, preload_timeout, auth_on, what="the head")
+
+
+def _await_listening(host: str, port: int, what: str, timeout: float = 30.0) -> None:
+    """Return once ``port`` listens. ``ray start`` returns before its client server does: that
+    is a process of its own, and on a loaded 2-core machine it was not yet listening when
+    `kiln up` returned, so a ray:// client started right after was refused."""
+    deadline = time.monotonic() + timeout
+    while _port_taken(host, port) is None:  # bindable: nobody listens there yet
+        if time.monotonic() > deadline:
+            console.print(escape(f"{what} is not listening on port {port} after {timeout:g} s; "
+                                 "its clients may have to wait for it."))
+            return
+        time.sleep(0.2)
 
 
 def _warm(address: str, node: str, timeout: float, auth_on: bool, what: str) -> None:
