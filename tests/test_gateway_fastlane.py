@@ -137,3 +137,12 @@ def test_openai_token_ids_take_the_ordinary_way_which_decodes_them(served):
     r = post(server.url, "/v1/embeddings", json={"input": [[7592, 2088]]})
     assert r.status_code == 200 and len(r.json()["data"]) == 1
     assert lane(app).hits == before
+
+
+def test_the_lane_knows_exactly_the_fields_of_the_endpoints_schemas():
+    from kiln.serve._fast import EMBEDDINGS_FIELDS, INFER_FIELDS
+    from kiln.serve._schemas import EmbeddingsRequest, InferRequest
+
+    # a field added to a schema and not to the lane would send every such body the slow way
+    assert set(InferRequest.model_fields) == INFER_FIELDS
+    assert set(EmbeddingsRequest.model_fields) == EMBEDDINGS_FIELDS

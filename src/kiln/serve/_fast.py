@@ -28,6 +28,10 @@ from kiln.serve._middleware import ApiError, error_response
 from kiln.serve._openai_api import embeddings_body
 
 _HEADERS = [(b"content-type", b"application/json")]
+# The fields the lane knows; a body with any other goes the ordinary way. Equal to the schemas'
+# own fields (tests/test_gateway_fastlane.py checks it): a field added there must be read here.
+INFER_FIELDS = frozenset({"texts", "model"})
+EMBEDDINGS_FIELDS = frozenset({"input", "model", "encoding_format", "user"})
 
 
 class Parsed(NamedTuple):
@@ -49,7 +53,7 @@ def _model(data: dict) -> str | None:
 
 def _infer(data: dict) -> Parsed | None:
     """``InferRequest``: ``texts`` (non-empty, strings), ``model``; nothing else."""
-    if not data.keys() <= {"texts", "model"}:
+    if not data.keys() <= INFER_FIELDS:
         return None
     texts, model = _texts(data.get("texts")), _model(data)
     return None if texts is None or model is None else Parsed(texts, model, infer_body)
@@ -58,7 +62,7 @@ def _infer(data: dict) -> Parsed | None:
 def _embeddings(data: dict) -> Parsed | None:
     """``EmbeddingsRequest`` with text input: a string or non-empty strings (token ids go the
     ordinary way, which decodes them); ``encoding_format`` float or base64; ``user`` a string."""
-    if not data.keys() <= {"input", "model", "encoding_format", "user"}:
+    if not data.keys() <= EMBEDDINGS_FIELDS:
         return None
     given = data.get("input")
     texts = [given] if type(given) is str else _texts(given)
