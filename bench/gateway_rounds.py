@@ -7,7 +7,9 @@ One embedded cluster (its agent warm, its CUDA graphs captured), then for each v
 ``KILN_GATEWAY_COALESCE_INFLIGHT`` a fresh ``kiln serve`` and its rounds: one window per client
 count, printed as it ends with req/s, p50/p99/max latency and how much rode together
 (HTTP requests per agent call, agent calls and texts per forward pass; ``bench/embed.py``'s
-``merging``). Rounds show what medians hide: a fresh cluster's first tens of seconds under load
+``merging``), and what a slow request may have waited for in that window: each gateway worker's
+event-loop lateness and garbage collections, the agents' collections and how busy their
+device was, and the CPU seconds of each kind of process. Rounds show what medians hide: a fresh cluster's first tens of seconds under load
 ramp up, so run the settings in both orders (``bench/results/gateway-inflight-h100.txt``).
 On a GPU machine, with the environment of ``bench/gpu.sh`` (``KILN_EMBED_MODEL_DEFAULT``).
 """
@@ -15,8 +17,12 @@ On a GPU machine, with the environment of ``bench/gpu.sh`` (``KILN_EMBED_MODEL_D
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
+import urllib.request
+from typing import Any
 
 import embed
 import loadgen
@@ -24,6 +30,77 @@ import serve_peers
 from serve_peers import Server
 
 import kiln
+
+
+def snapshot(url: str, workers: int) -> dict[str, Any]:
+    """Each gateway worker's /cluster (a fresh connection each time lands on any worker: asked
+    until every worker has answered, or 40 times) and the agents' figures in them."""
+    seen: dict[int, dict[str, Any]] = {}
+    agents: dict[str, Any] = {}
+    for _ in range(40):
+        with urllib.request.urlopen(url + "/cluster", timeout=30) as r:
+            got = json.loads(r.read())
+        seen[got["gateway"]["pid"]] = got["gateway"]
+        agents = {a["name"]: a.get("info") or {} for a in got["agents"]}
+        if len(seen) >= workers:
+            break
+    return {"workers": seen, "agents": agents, "cpu": embed.process_cpu(), "t": time.perf_counter()}
+
+
+def over(report: dict[str, Any], key: str, ms: str) -> int:
+    return int((report or {}).get(key, {}).get(ms, 0))
+
+
+def stalls(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """What changed between two snapshots: late event-loop timers (>= 50 ms) and full
+    collections (with pauses >= 50 ms) per gateway worker; per agent its full collections,
+    pauses >= 50 ms, busy share of the window and longest pass; CPU seconds by process kind."""
+    out = []
+    for pid, g in after["workers"].items():
+        b = before["workers"].get(pid)
+        if b is None:
+            continue
+        lag = over(g["loop_lag"], "late_over_ms", "50") - over(b["loop_lag"], "late_over_ms", "50")
+        full = g["gc"]["collections"][2] - b["gc"]["collections"][2]
+        slow = over(g["gc"], "pauses_over_ms", "50") - over(b["gc"], "pauses_over_ms", "50")
+        out.append(f"w{pid}: lag50 {lag} full {full} gc50 {slow}")
+    wall = after["t"] - before["t"]
+    for name, a in after["agents"].items():
+        b = before["agents"].get(name) or {}
+        gc_a, gc_b = a.get("gc") or {}, b.get("gc") or {}
+        full = (gc_a.get("collections") or [0, 0, 0])[2] - (gc_b.get("collections") or [0, 0, 0])[2]
+        slow = over(gc_a, "pauses_over_ms", "50") - over(gc_b, "pauses_over_ms", "50")
+        busy = (a.get("batcher", {}).get("busy_s", 0) - b.get("batcher", {}).get("busy_s", 0)) / wall
+        out.append(f"agent: full {full} gc50 {slow} busy {busy:.2f} "
+                   f"longest_pass {a.get('batcher', {}).get('longest_pass_ms')}")
+    cpu: dict[str, float] = {}
+    for pid, (kind, sec) in after["cpu"].items():
+        cpu[kind] = cpu.get(kind, 0) + sec - before["cpu"].get(pid, (kind, 0.0))[1]
+    top = sorted(cpu.items(), key=lambda kv: -kv[1])[:6]
+    out.append("cpu " + ", ".join(f"{k} {v / wall:.2f}" for k, v in top))
+    return " | ".join(out)
+
+
+def spy(server: Server, seconds: float) -> dict[str, Any]:
+    """py-spy on the agents and one gateway worker for ``seconds``, from now (raw stacks)."""
+    import subprocess
+    from pathlib import Path
+
+    out_dir = Path(os.environ.get("OUT", "/tmp")) / "kiln-prof"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    targets = {"gateway": embed.gateway_worker(server)}
+    targets.update({f"agent{i}": pid for i, pid in enumerate(embed.agents_pids())})
+    out = {}
+    for name, pid in targets.items():
+        if pid is None or embed.pyspy() is None:
+            continue
+        path = out_dir / f"pyspy-ramp-{name}.txt"
+        proc = subprocess.Popen(
+            [embed.pyspy(), "record", "--pid", str(pid), "--duration", str(int(seconds)),
+             "--rate", "50", "--format", "raw", "--nonblocking", "--threads", "--output",
+             str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out[name] = (proc, path)
+    return out
 
 
 def main() -> None:
@@ -35,6 +112,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--procs", type=int, default=4, help="load generator processes")
+    p.add_argument("--spy-seconds", type=float, default=0.0,
+                   help="py-spy the agents and one gateway worker over the first rounds of the "
+                        "first setting, for this long (the ramp of a fresh cluster)")
     a = p.parse_args()
     env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
                                       "KILN_EMBED_MODEL_DEFAULT") if k in os.environ}
@@ -48,9 +128,11 @@ def main() -> None:
         cmd = [sys.executable, "-m", "kiln.cli", "serve", "--address", cluster.address,
                "--port", str(port), "--log-level", "warning", "--workers", str(a.workers)]
         with Server(cmd, port, name="kiln-serve") as s:
+            spies = spy(s, a.spy_seconds) if a.spy_seconds > 0 else {}
+            a.spy_seconds = 0.0  # the first setting only: a fresh cluster's first rounds
             for i in range(int(rounds)):
                 for clients in (int(c) for c in a.clients.split(",")):
-                    before = embed.batching(s.url)
+                    before, snap = embed.batching(s.url), snapshot(s.url, a.workers)
                     r = loadgen.run(loadgen.Load(url=s.url, clients=clients, texts=1,
                                                  duration_s=a.duration, warmup_s=1,
                                                  procs=a.procs))
@@ -61,6 +143,11 @@ def main() -> None:
                           "req/call", m["requests_per_agent_call"],
                           "calls/pass", m["agent_calls_per_pass"],
                           "texts/pass", m["texts_per_pass"], flush=True)
+                    print("   ", stalls(snap, snapshot(s.url, a.workers)), flush=True)
+            for name, (proc, path) in spies.items():
+                proc.wait(timeout=300)
+                if path.exists():
+                    print("py-spy", name, json.dumps(embed.collapsed(path, top=12)), flush=True)
 
 
 if __name__ == "__main__":

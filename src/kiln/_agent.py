@@ -43,7 +43,7 @@ import ray
 from kiln import _deaths
 from kiln import _preflight as preflight
 from kiln._boundary import to_wire
-from kiln._gc import settle
+from kiln._gc import pauses, settle, watch
 from kiln._protocol import CAPABILITIES, AgentContext, JobContext, capabilities_named
 from kiln.errors import (
     AgentMemoryError,
@@ -140,6 +140,7 @@ class Agent:
     def __init__(self, node: str | None, device: str, driver_fingerprint: dict[str, Any],
                  env: dict[str, str] | None = None, creator: str = "") -> None:
         init_at = time.time()
+        watch()  # collections and their pauses, in the agent's report (kiln._gc)
         for key, value in {**_AGENT_ENV, **(env or {})}.items():
             if env and key in env:
                 os.environ[key] = value
@@ -468,6 +469,7 @@ class Agent:
             # a restarted agent re-imports in the background: its memory is still growing
             "rewarming": bool(self.rewarm) and "rewarm_s" not in self.startup,
             "preload_errors": dict(self.preload_errors),
+            "gc": pauses(),
         }
         if self.refusal is None:
             out.update(_device_memory(self.device))

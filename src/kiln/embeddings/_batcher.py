@@ -68,6 +68,10 @@ class Batcher:
         self.texts = 0
         self.truncated = 0
         self.dropped = 0            # requests cancelled by their caller before their pass ran
+        # Seconds the device lock was held for passes: over a window, busy_s / window is how
+        # much of the time the device had work; the rest it waited for callers to feed it.
+        self.busy_s = 0.0
+        self.longest_pass_ms = 0.0
 
     def encode(self, encoder: Encoder, texts: list[str],
                cancelled: Callable[[], bool] = _never) -> Encoded:
@@ -102,7 +106,8 @@ class Batcher:
                 "merged_batches": self.merged_batches,
                 "max_requests_per_batch": self.max_requests_per_batch,
                 "texts": self.texts, "truncated": self.truncated, "waiting": self.depth(),
-                "dropped": self.dropped,
+                "dropped": self.dropped, "busy_s": round(self.busy_s, 4),
+                "longest_pass_ms": round(self.longest_pass_ms, 2),
                 "token_budget": self.token_budget}
 
     # -- inside the device lock ------------------------------------------------------------
@@ -145,6 +150,7 @@ class Batcher:
         texts = [t for item in batch for t in item.texts]
         longest = max(max(i.lengths) for i in batch)
         tokens = [item.tokens for item in batch]
+        began = time.perf_counter()
         try:
             if all(t is not None for t in tokens):
                 vectors = encoder.encode_tokens(Tokens.concat(tokens))
@@ -155,6 +161,10 @@ class Batcher:
                 item.error = err
                 item.done.set()
             return
+        finally:
+            took = time.perf_counter() - began
+            self.busy_s += took
+            self.longest_pass_ms = max(self.longest_pass_ms, took * 1000)
         start = 0
         for item in batch:
             item.result = vectors[start:start + len(item.texts)]

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kiln import __version__
-from kiln._gc import settle
+from kiln._gc import settle, watch
 from kiln.errors import NotConnectedError
 from kiln.serve._attach import ClusterLink
 from kiln.serve._fast import FastLane
@@ -77,6 +77,7 @@ def create_app(cluster: Any = _CURRENT, *, strategy: str = "round_robin",
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        watch()  # this worker's collections and pauses, in /cluster (kiln._gc)
         await gateway.start()
         # Ray, FastAPI and the fallback model are loaded: out of later full collections,
         # which would otherwise pause the event loop (kiln._gc)

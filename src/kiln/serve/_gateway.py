@@ -32,12 +32,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from kiln._gc import pauses
 from kiln._routing import STRATEGIES, Router, make_router, plan
 from kiln._settings import settings
 from kiln.embeddings import is_retryable
 from kiln.errors import AgentLostError, DeadlineExceededError, GatewayError, NoAgentsError
 from kiln.serve._attach import ClusterLink
 from kiln.serve._coalesce import Coalescer
+from kiln.serve._lag import LoopLag
 from kiln.serve._metrics import Metrics
 
 log = logging.getLogger("kiln.serve")
@@ -149,6 +151,8 @@ class Gateway:
         self._local: Any = None  # kiln.embeddings.LocalEncoder, loaded at start or never
         self._local_lock = threading.Lock()
         self._task: asyncio.Task | None = None
+        self.lag = LoopLag()
+        self._lag_task: asyncio.Task | None = None
         self._refreshing: asyncio.Future | None = None
         # Agents that failed their last status checks in a row, and one event per agent that
         # calls in flight on it wait on beside their answer: a call in flight on an agent whose
@@ -176,12 +180,15 @@ class Gateway:
             await asyncio.to_thread(self.refresh)
         self.metrics.agents_ready.set(len(self.agents))
         self._task = asyncio.create_task(self._watch())
+        self._lag_task = asyncio.create_task(self.lag.run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, self._lag_task):
+            if task is None:
+                continue
+            task.cancel()
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
         for waiter in self._waiters.values():
@@ -497,6 +504,8 @@ class Gateway:
                 "limits": self.limits.__dict__,
                 # requests per cluster call: how much the coalescer merges (None when off)
                 "coalescer": self.coalescer.stats() if self.coalescer else None,
+                # what a slow request may have waited for in this worker (kiln._gc, _lag)
+                "loop_lag": self.lag.report(), "gc": pauses(),
             },
             "agents": agents,
             "totals": {
@@ -562,7 +571,7 @@ def _split(n: int, agents: list[Any]) -> list[tuple[list[int], list[Any]]]:
 def _online(record: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
     embed = info.get("embed") or {}
     keep = ("device_description", "uptime_s", "pid", "inflight", "capabilities", "gpu",
-            "gpu_memory_bytes", "gpu_memory_in_use_bytes", "startup")
+            "gpu_memory_bytes", "gpu_memory_in_use_bytes", "startup", "gc")
     return {
         "name": record["name"], "node": record["node"], "device": record["device"],
         "status": "online", "models_loaded": embed.get("models_loaded", []),
