@@ -27,7 +27,7 @@ from kiln.bayes import (
 )
 from kiln.bayes._compile import compile_model, split_constants
 from kiln.bayes._validate import validate
-from kiln.errors import ModelTypeError, ShapeError
+from kiln.errors import DataError, ModelTypeError, ShapeError
 
 Y = np.random.default_rng(3).normal(size=12)
 
@@ -229,3 +229,23 @@ def test_fixed_steps_too_coarse_for_rtol_and_atol_give_inf():
     # the point is rejected rather than sampled with a wrong solution)
     y, _ = _decay(steps=1)
     assert np.all(np.isinf(y))
+
+
+@pytest.mark.parametrize("times, t0, message", [
+    ([0.25, 1.5, 1.0], 0.0, r"times must be sorted: times\[2\] = 1 comes after times\[1\] = 1.5"),
+    ([0.25, 1.0], 0.5, r"times\[0\] = 0.25 is before t0 = 0.5"),
+])
+@pytest.mark.parametrize("steps", [None, 4])
+def test_ode_output_times_out_of_order_are_a_data_error_naming_them(times, t0, message, steps):
+    # a fixed-step solve over unsorted times integrated backwards, silently
+    m = (Model().rv("k", Flat())
+         .det("y", ode(lambda t, y: -ref("k") * y, y0=[1.0], times=times, t0=t0, steps=steps)))
+    with pytest.raises(DataError, match=r"y.expr: ode: " + message):
+        m.validate()
+
+
+def test_ode_output_times_given_as_data_are_checked_too():
+    m = (Model().data("ts", np.array([0.5, 2.0, 1.0])).rv("k", Flat())
+         .det("y", ode(lambda t, y: -ref("k") * y, y0=[1.0], times=ref("ts"), steps=4)))
+    with pytest.raises(DataError, match=r"times\[2\] = 1 comes after times\[1\] = 2"):
+        m.validate()

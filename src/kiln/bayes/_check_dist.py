@@ -55,7 +55,8 @@ def shape_in(var: str, fld: str, node: Any, ctx: Ctx) -> tuple[int, ...]:
     try:
         return infer_shape(node, ctx)
     except NodeError as e:
-        raise (ModelTypeError if e.kind == "type" else ShapeError)(var, fld, str(e)) from None
+        kind = {"type": ModelTypeError, "data": DataError}.get(e.kind, ShapeError)
+        raise kind(var, fld, str(e)) from None
 
 
 def support_of(dist: dict[str, Any]) -> str:

@@ -28,7 +28,8 @@ from ..errors import ModelTypeError
 
 
 class NodeError(ValueError):
-    """A node that does not check: `kind` is "shape" or "type" (ShapeError / ModelTypeError)."""
+    """A node that does not check: `kind` is "shape", "type" or "data" (ShapeError,
+    ModelTypeError, DataError)."""
 
     def __init__(self, message: str, kind: str = "shape") -> None:
         self.kind = kind

@@ -34,8 +34,20 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
+
 from ..errors import ModelTypeError
-from ._expr import Ctx, Expr, NodeError, Op, evaluate, infer_shape, register, to_node
+from ._expr import (
+    Ctx,
+    Expr,
+    NodeError,
+    Op,
+    const_array,
+    evaluate,
+    infer_shape,
+    register,
+    to_node,
+)
 
 METHODS = ("dopri5", "tsit5", "dopri8", "kvaerno5")
 
@@ -81,7 +93,32 @@ def _shape(_: list[Any], node: dict[str, Any], ctx: Ctx) -> tuple[int, ...]:
     dy = infer_shape(node["rhs"], ctx._replace(slots={**ctx.slots, "t": (), "y": y0}))
     if dy != y0:
         raise NodeError(f"ode: the right-hand side gives shape {dy}, the state has shape {y0}")
+    _check_times(_known(node["args"][1], ctx), _known(node["args"][2], ctx))
     return times + y0
+
+
+def _known(node: Any, ctx: Ctx) -> np.ndarray | None:
+    """The value of a constant or of a data name; None for anything else (a parameter's
+    value is not known before sampling, and is not checked)."""
+    if isinstance(node, str):
+        return np.asarray(ctx.data[node]) if node in ctx.data else None
+    return const_array(node)
+
+
+def _check_times(times: np.ndarray | None, t0: np.ndarray | None) -> None:
+    """Stan's rules for output times: sorted, none before t0 (NaN or inf in data or constants
+    is refused before this). Unsorted times made a fixed-step solve integrate backwards over
+    the interval, silently, and an adaptive one fail."""
+    if times is None:
+        return
+    times = np.asarray(times, dtype=float).ravel()
+    back = np.flatnonzero(np.diff(times) < 0)
+    if back.size:
+        i = int(back[0]) + 1
+        raise NodeError(f"ode: times must be sorted: times[{i}] = {times[i]:g} comes after "
+                        f"times[{i - 1}] = {times[i - 1]:g}", "data")
+    if t0 is not None and times.size and times[0] < float(t0):
+        raise NodeError(f"ode: times[0] = {times[0]:g} is before t0 = {float(t0):g}", "data")
 
 
 @contextlib.contextmanager
