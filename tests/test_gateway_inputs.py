@@ -165,9 +165,14 @@ def test_the_gateway_takes_what_it_loaded_out_of_later_garbage_collections():
 
     before = gc.get_freeze_count()
     app = create_app(None)  # its fallback model is loaded as it starts
-    with BackgroundServer(app):
+    with BackgroundServer(app) as s:
         assert app.state.settle_s > 0
         assert gc.get_freeze_count() > before  # kiln._gc: full collections paused the loop
+        time.sleep(0.3)
+        gateway = httpx.get(s.url + "/cluster").json()["gateway"]
+    # what a slow request may have waited for: the loop's lateness and the collections
+    assert gateway["loop_lag"]["ticks"] >= 5 and gateway["loop_lag"]["every_ms"] == 20
+    assert gateway["gc"]["collections"][2] >= 1  # the settle's, at least
 
 
 # -- the official OpenAI client ---------------------------------------------------------------
