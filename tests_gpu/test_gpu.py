@@ -162,3 +162,22 @@ def test_embeddings_in_half_precision_equal_sentence_transformers_own(cluster):
     assert vecs.shape == (65, ref.shape[1]) and cos.min() >= 0.999, cos.min()
     info = cluster.agents()[0].info()["embed"]
     assert info["device"].startswith("cuda") and info["dtype"] in ("float16", "bfloat16"), info
+
+
+def test_passes_of_any_size_reuse_the_graphs_captured_ahead(cluster):
+    # a pass of 7 texts once captured a graph of its own in the request's time (rows unpadded)
+    from kiln._poll import wait_until
+
+    agent = cluster.agents()[0]
+    kiln.embed(["warm"])
+
+    def graphs() -> dict[str, tuple[int, bool]]:
+        models = agent.info()["embed"]["models"]
+        return {k: (m["cuda_graphs"], m["cuda_graphs_ready"]) for k, m in models.items()}
+
+    wait_until(lambda: all(ready for _, ready in graphs().values()), 300, "graphs captured ahead")
+    before = graphs()
+    for n in (5, 7, 13, 50, 100, 333):
+        vecs = kiln.embed([f"short text {n} number {i}" for i in range(n)], cache=False)
+        assert vecs.shape[0] == n and np.isfinite(vecs).all()
+    assert graphs() == before

@@ -18,6 +18,21 @@ from kiln.embeddings._models import ModelSpec, dimension, dtype_for, load
 from kiln.embeddings._tokens import Tokens, fast_path
 
 
+def pass_rows(left: int, width: int, budget: int, batch_size: int | None,
+              graphs: CudaGraphs | None) -> int:
+    """How many of the ``left`` texts (the longest ``width`` tokens) the next pass takes: as
+    many as ``budget`` padded tokens hold; with graphs, a whole row bucket of them unless the
+    rest fit one graph (its padded rows within the budget), so every pass has a graph."""
+    if graphs is not None:
+        width = graphs.width(width)
+    rows = max(1, budget // max(width, 1))
+    if batch_size:
+        rows = min(rows, batch_size)
+    if graphs is not None and (rows < left or graphs.shape(left, width) is None):
+        rows = graphs.whole_rows(rows)
+    return min(rows, left)
+
+
 class Encoder:
     """A loaded model as the batcher sees it: ``tokenize`` once, then ``encode_tokens``.
 
@@ -111,13 +126,7 @@ class Encoder:
         start = 0
         while start < len(order):
             width = int(lengths[order[start]])  # the longest: ``order`` sorts longest first
-            if self._graphs is not None:
-                width = self._graphs.width(width)
-            rows = max(1, budget // max(width, 1))
-            if batch_size:
-                rows = min(rows, batch_size)
-            if self._graphs is not None and rows < len(order) - start:
-                rows = 1 << (rows.bit_length() - 1)  # a whole graph bucket: no padded rows
+            rows = pass_rows(len(order) - start, width, budget, batch_size, self._graphs)
             yield order[start:start + rows]
             start += rows
 
