@@ -103,3 +103,49 @@ def test_an_error_reaches_every_request_of_its_batch(encoder):
     with pytest.raises(RuntimeError, match="device fell over"):
         batcher.encode(broken, ["x"])
     assert batcher.depth() == 0
+
+
+class Launched:
+    """The real encoder, whose first pass is queued at once but finishes only when the test
+    opens the gate: a device still running the first batch."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.inner = encoder
+        self.dim, self.max_length = encoder.dim, encoder.max_length
+        self.gate = threading.Event()
+        self.launches: list[int] = []
+        self.first, self.second = threading.Event(), threading.Event()
+
+    def tokenize(self, texts):
+        return self.inner.tokenize(texts)
+
+    def launch(self, tokens):
+        wait = self.inner.launch(tokens)
+        self.launches.append(len(tokens))
+        if len(self.launches) == 1:
+            self.first.set()
+            return lambda: (self.gate.wait(30), wait())[1]
+        self.second.set()
+        return wait
+
+
+def test_the_next_batch_is_launched_while_the_last_one_runs(encoder):
+    # the lock holder waits for its pass outside the device lock (Encoder.launch)
+    batcher = Batcher()
+    launched = Launched(encoder)
+    results: dict[str, object] = {}
+    first = threading.Thread(target=lambda: results.__setitem__("a", batcher.encode(launched, ["a", "b"])))
+    first.start()
+    assert launched.first.wait(30)
+    second = threading.Thread(target=lambda: results.__setitem__("c", batcher.encode(launched, ["c"])))
+    second.start()
+    assert launched.second.wait(30), "the second batch waited for the first one's pass"
+    second.join(30)
+    assert "c" in results and "a" not in results
+    launched.gate.set()
+    first.join(30)
+    assert launched.launches == [2, 1] and batcher.batches == 2 and batcher.texts == 3
+    for key, texts in (("a", ["a", "b"]), ("c", ["c"])):
+        np.testing.assert_allclose(results[key].vectors, encoder.encode(texts), atol=1e-5)
+    # one stretch with a pass in flight, however the passes overlapped
+    assert 0 < batcher.busy_s and batcher.longest_pass_ms / 1000 <= batcher.busy_s + 1e-6

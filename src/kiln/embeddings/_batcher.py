@@ -2,10 +2,12 @@
 
 Several ``encode`` ops run at once in the agent's thread pool. Each puts its texts on a queue
 and then takes the device lock; whoever holds the lock drains the queue, oldest first, into
-one batch of at most ``token_budget`` padded tokens (texts x longest text) and runs it. Requests
-that arrived while a batch was running are merged into the next one, so under load the device
-sees few large batches instead of many small ones, and an idle agent adds no wait at all
-(``max_wait_s`` can trade a little latency for bigger batches on a GPU).
+one batch of at most ``token_budget`` padded tokens (texts x longest text) and queues its pass
+on the device (``Encoder.launch``); it then lets the lock go and waits for the pass outside it,
+so the next holder prepares and queues the next batch while the device runs this one. Requests
+that arrived meanwhile are merged into the next batch, so under load the device sees few large
+batches instead of many small ones, and an idle agent adds no wait at all (``max_wait_s`` can
+trade a little latency for bigger batches on a GPU).
 
 No thread of its own: the callers' threads take turns doing the work ("flat combining").
 """
@@ -68,10 +70,12 @@ class Batcher:
         self.texts = 0
         self.truncated = 0
         self.dropped = 0            # requests cancelled by their caller before their pass ran
-        # Seconds the device lock was held for passes: over a window, busy_s / window is how
-        # much of the time the device had work; the rest it waited for callers to feed it.
+        # Seconds with a pass in flight: over a window, busy_s / window is how much of the time
+        # the device had work; the rest it waited for callers to feed it.
         self.busy_s = 0.0
         self.longest_pass_ms = 0.0
+        self._in_flight = 0
+        self._busy_since = 0.0
 
     def encode(self, encoder: Encoder, texts: list[str],
                cancelled: Callable[[], bool] = _never) -> Encoded:
@@ -90,7 +94,12 @@ class Batcher:
             with self._device:
                 if item.done.is_set():
                     break
-                self._run(self._take())
+                batch = self._take()
+                finish = self._launch(batch) if batch else None
+            if finish is not None:
+                finish()  # outside the device lock: the next batch is queued meanwhile
+            elif not batch:
+                item.done.wait()  # another caller launched it, and finishes it
         if item.error is not None:
             raise item.error
         with self._queue_lock:
@@ -143,39 +152,68 @@ class Batcher:
         longest = max((max(i.lengths) for i in batch), default=0)
         return n * max(longest, 1)
 
-    def _run(self, batch: list[_Item]) -> None:
-        if not batch:
-            return
+    def _launch(self, batch: list[_Item]) -> Callable[[], None] | None:
+        """Queue ``batch``'s pass on the device (under the device lock); the function returned
+        waits for it and hands each request its rows (outside the lock). None when the launch
+        itself failed: every request of the batch has its error already."""
         encoder = batch[0].encoder
-        texts = [t for item in batch for t in item.texts]
-        longest = max(max(i.lengths) for i in batch)
         tokens = [item.tokens for item in batch]
-        began = time.perf_counter()
+        began = self._busy(+1)
         try:
             if all(t is not None for t in tokens):
-                vectors = encoder.encode_tokens(Tokens.concat(tokens))
+                wait = encoder.launch(Tokens.concat(tokens))
             else:
-                vectors = encoder.encode(texts, batch_size=max(1, self.token_budget // max(longest, 1)))
+                texts = [t for item in batch for t in item.texts]
+                longest = max(max(i.lengths) for i in batch)
+                done = encoder.encode(texts, batch_size=max(1, self.token_budget // max(longest, 1)))
+                wait = lambda: done  # noqa: E731 - an encoder without tokens runs synchronously
         except BaseException as err:  # noqa: BLE001 - not hidden: each text's caller gets it
+            self._busy(-1, began)
+            _fail(batch, err)
+            return None
+
+        def finish() -> None:
+            try:
+                vectors = wait()
+            except BaseException as err:  # noqa: BLE001 - as above
+                _fail(batch, err)
+                return
+            finally:
+                self._busy(-1, began)
+            start = 0
             for item in batch:
-                item.error = err
+                item.result = vectors[start:start + len(item.texts)]
+                start += len(item.texts)
+            with self._queue_lock:
+                self.batches += 1
+                self.requests += len(batch)
+                self.merged_batches += len(batch) > 1
+                self.max_requests_per_batch = max(self.max_requests_per_batch, len(batch))
+                self.texts += start
+            for item in batch:
                 item.done.set()
-            return
-        finally:
-            took = time.perf_counter() - began
-            self.busy_s += took
-            self.longest_pass_ms = max(self.longest_pass_ms, took * 1000)
-        start = 0
-        for item in batch:
-            item.result = vectors[start:start + len(item.texts)]
-            start += len(item.texts)
-        self.batches += 1
-        self.requests += len(batch)
-        self.merged_batches += len(batch) > 1
-        self.max_requests_per_batch = max(self.max_requests_per_batch, len(batch))
-        self.texts += len(texts)
-        for item in batch:
-            item.done.set()
+
+        return finish
+
+    def _busy(self, change: int, began: float = 0.0) -> float:
+        """Passes in flight up (+1, returns now) or down (-1, after the pass that ``began``):
+        ``busy_s`` grows by the time at least one pass was in flight."""
+        now = time.perf_counter()
+        with self._queue_lock:
+            if change > 0 and self._in_flight == 0:
+                self._busy_since = now
+            self._in_flight += change
+            if change < 0:
+                self.longest_pass_ms = max(self.longest_pass_ms, (now - began) * 1000)
+                if self._in_flight == 0:
+                    self.busy_s += now - self._busy_since
+        return now
+
+
+def _fail(batch: list[_Item], err: BaseException) -> None:
+    for item in batch:
+        item.error = err
+        item.done.set()
 
 
 def _prepare(encoder: Encoder, texts: list[str]) -> tuple[_Item, list[bool]]:

@@ -9,6 +9,7 @@ against sentence-transformers).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -104,22 +105,51 @@ class Encoder:
                       token_budget: int | None = None) -> np.ndarray:
         """float32 (n, dim) for ``tokens``, in their order: forward passes of at most
         ``token_budget`` padded tokens (and ``batch_size`` texts, where given)."""
-        if not len(tokens):
-            return np.zeros((0, self.dim), np.float32)
+        return self.launch(tokens, batch_size, token_budget)()
+
+    def launch(self, tokens: Tokens, batch_size: int | None = None,
+               token_budget: int | None = None) -> Callable[[], np.ndarray]:
+        """``encode_tokens`` in two halves: the passes are queued on the device now, under the
+        encoder's lock, and the function returned waits for them and gives the vectors.
+
+        The wait is outside the lock: a GPU runs one caller's passes while the next caller
+        pads and queues its own, instead of idling while each caller copies its vectors back
+        and the next one prepares (an agent's device was busy 70% of a bulk ``kiln.embed`` on
+        an H100). One stream orders it all: the next pass's inputs are written after this
+        pass has read them, and this pass's vectors are copied out before the next overwrites
+        the graph's output."""
+        n, dim = len(tokens), self.dim
+        if not n:
+            return lambda: np.zeros((0, dim), np.float32)
         if tokens.ids is None or self._text is None:
-            return self._encode_slow(tokens.texts, batch_size)
+            slow = self._encode_slow(tokens.texts, batch_size)
+            return lambda: slow
         import torch
 
         budget = token_budget or self.token_budget
         order = np.argsort(-tokens.lengths, kind="stable")
         offsets = np.concatenate(([0], np.cumsum(tokens.lengths)[:-1]))
+        ready = None
         with self._lock, torch.inference_mode():
             parts = [self._forward(tokens, rows, offsets)
                      for rows in self._sub_batches(tokens.lengths, order, budget, batch_size)]
-            host = torch.cat(parts).cpu().numpy()
-        out = np.empty((len(tokens), self.dim), np.float32)
-        out[order] = host.reshape(len(tokens), self.dim)
-        return out
+            vectors = torch.cat(parts) if len(parts) > 1 else parts[0]
+            if vectors.is_cuda:
+                host = torch.empty(vectors.shape, dtype=torch.float32, pin_memory=True)
+                host.copy_(vectors, non_blocking=True)
+                ready = torch.cuda.Event()
+                ready.record(torch.cuda.current_stream(vectors.device))
+            else:
+                host = vectors
+
+        def wait() -> np.ndarray:
+            if ready is not None:
+                ready.synchronize()
+            out = np.empty((n, dim), np.float32)
+            out[order] = host.numpy().reshape(n, dim)
+            return out
+
+        return wait
 
     def _sub_batches(self, lengths: np.ndarray, order: np.ndarray, budget: int,
                      batch_size: int | None):
