@@ -243,9 +243,12 @@ def gateway(cluster: Any, sizes: Sizes, a: argparse.Namespace) -> dict[str, Any]
 
 
 def ramp(url: str, sizes: Sizes, seconds: float) -> list[dict[str, Any]]:
-    """3 s windows at 64 one-text clients for ``seconds``, before anything is timed: a fresh
-    cluster's gateway ramped from ~700 to ~4,000 req/s over its first ~40 s of load on an H100
-    (bench/results/gateway-inflight-h100.txt), and timed runs inside the ramp measured it."""
+    """3 s windows at 64 one-text clients for ``seconds``, before anything is timed, each
+    recorded. A fresh cluster's gateway once ramped from ~700 to ~4,000 req/s over its first
+    ~40 s of load on an H100 (bench/results/gateway-inflight-h100.txt): each new count of texts
+    in a pass was a CUDA graph captured in requests' time. Since rows pad to a few row counts
+    captured ahead the windows are flat from the first (embed-h100-w4-rowbuckets.json); the
+    warm-up stays, so that a ramp would show here instead of in the timed runs."""
     import loadgen
 
     rounds: list[dict[str, Any]] = []

@@ -10,7 +10,9 @@ count, printed as it ends with req/s, p50/p99/max latency and how much rode toge
 ``merging``), and what a slow request may have waited for in that window: each gateway worker's
 event-loop lateness and garbage collections, the agents' collections and how busy their
 device was, and the CPU seconds of each kind of process. Rounds show what medians hide: a fresh cluster's first tens of seconds under load
-ramp up, so run the settings in both orders (``bench/results/gateway-inflight-h100.txt``).
+once ramped up (``bench/results/gateway-inflight-h100.txt``; the cause, CUDA graphs captured in
+requests' time, was found with these rounds: ``gateway-rounds-h100-before-rowbuckets.txt``),
+so run settings in both orders.
 On a GPU machine, with the environment of ``bench/gpu.sh`` (``KILN_EMBED_MODEL_DEFAULT``).
 """
 
