@@ -138,12 +138,7 @@ def main() -> None:
     texts = embed.Texts()
     report: dict[str, Any] = {"in_process": in_process(texts, a.bulk, a.runs)}
     print("in process", json.dumps(report["in_process"]), flush=True)
-    env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-                                      "KILN_EMBED_MODEL_DEFAULT") if k in os.environ}
-    cluster = kiln.connect(agent_env=env)
-    for h in cluster.agents():
-        h.invoke("embed", "encode", {"texts": ["warm"]})
-    embed.graphs_ready(cluster)
+    embed.warm_cluster()
     kiln.embed(texts.take(a.bulk))
     for chunk in (int(c) for c in a.chunks.split(",")):
         got = through_cluster(kiln, texts, a.bulk, a.runs, chunk)

@@ -205,6 +205,20 @@ def kiln_embed(kiln: Any, texts: Texts, a: argparse.Namespace, env: dict[str, st
     return cluster, out
 
 
+def warm_cluster() -> Any:
+    """An embedded cluster whose agents have the model loaded and their CUDA graphs captured,
+    with this environment's offline and model settings (``bench/gpu.sh``)."""
+    import kiln
+
+    env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+                                      "KILN_EMBED_MODEL_DEFAULT") if k in os.environ}
+    cluster = kiln.connect(agent_env=env)
+    for h in cluster.agents():
+        h.invoke("embed", "encode", {"texts": ["warm"]})
+    graphs_ready(cluster)
+    return cluster
+
+
 def graphs_ready(cluster: Any, timeout_s: float = 300.0) -> None:
     """Wait until every agent's encoders have captured their common CUDA graph shapes: a GPU
     agent captures them in the background after loading a model (~150 of them), and a run

@@ -31,8 +31,6 @@ import loadgen
 import serve_peers
 from serve_peers import Server
 
-import kiln
-
 
 def snapshot(url: str, workers: int) -> dict[str, Any]:
     """Each gateway worker's /cluster (a fresh connection each time lands on any worker: asked
@@ -118,12 +116,7 @@ def main() -> None:
                    help="py-spy the agents and one gateway worker over the first rounds of the "
                         "first setting, for this long (the ramp of a fresh cluster)")
     a = p.parse_args()
-    env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-                                      "KILN_EMBED_MODEL_DEFAULT") if k in os.environ}
-    cluster = kiln.connect(agent_env=env)
-    for h in cluster.agents():
-        h.invoke("embed", "encode", {"texts": ["warm"]})
-    embed.graphs_ready(cluster)
+    cluster = embed.warm_cluster()
     for inflight, rounds in zip(a.inflight.split(","), a.rounds.split(","), strict=True):
         os.environ["KILN_GATEWAY_COALESCE_INFLIGHT"] = inflight  # the gateway inherits it
         port = serve_peers.free_port()
