@@ -11,6 +11,11 @@
 #                                      under load, FastAPI and Ray Serve (swept) under the same
 #                                      load: embed-<gpu>.json + serve-peers-<gpu>.json
 #   bash bench/gpu.sh embed-kiln|peers the two halves, when one call cannot hold both
+#   bash bench/gpu.sh rounds [ARGS]    bench/gateway_rounds.py: the gateway window after window,
+#                                      with what each worker and agent waited for
+#   bash bench/gpu.sh bulk-probe [ARGS] bench/bulk_probe.py: where kiln.embed's bulk time goes
+# Every call writes the weights again when they are missing: .model travels with each call to a
+# lent machine and replaces the one setup wrote (a second call on a warm machine found none).
 # Without a GPU (here), embed / embed-kiln / peers run at --quick size with one torch thread.
 # Ray Serve (the `bench` extra) imports one more package than kiln (grpcio-reflection; where the
 # image's grpcio is too old for it, bench/serve_peers.py puts a stand-in in its place), and
@@ -23,10 +28,16 @@ set -euo pipefail
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 \
   TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export KILN_POSTERIORDB=${KILN_POSTERIORDB:-$PWD/tests/data/posteriordb}
-[ -d .model/minilm ] && export KILN_EMBED_MODEL_DEFAULT=$PWD/.model/minilm
 out=${OUT:-bench/results}
 py=${PYTHON:-python3}
 [ ! -d /tmp/site ] && [ -x .venv/bin/python ] && py=.venv/bin/python   # the CPU box here
+weights() {
+  if [ -d .model/minilm-cfg ] && [ ! -f .model/minilm/model.safetensors ] && [ -d /tmp/site ]; then
+    $py .model/mkweights.py .model/minilm-cfg .model/minilm
+  fi
+}
+[ "${1:-}" != setup ] && weights
+[ -d .model/minilm ] && export KILN_EMBED_MODEL_DEFAULT=$PWD/.model/minilm
 gpu() { command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; }
 small=(); gpu || small=(--quick --threads 1)
 model=(); [ -n "${KILN_EMBED_MODEL_DEFAULT:-}" ] && model=(--model "$KILN_EMBED_MODEL_DEFAULT")
@@ -35,9 +46,7 @@ case "$what" in
   setup)
     $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/site .whl/*.whl
-    if [ -d .model/minilm-cfg ] && [ ! -f .model/minilm/model.safetensors ]; then
-      $py .model/mkweights.py .model/minilm-cfg .model/minilm
-    fi
+    weights
     nvidia-smi -L; $py -c 'import jax, torch; print("jax", jax.__version__, jax.devices(), "torch", torch.__version__)'
     $py -c 'import aiohttp, orjson, sys; sys.path.insert(0, "bench"); import serve_peers
 serve_peers.reflection_stand_in(); import ray.serve; print("ray serve", ray.__version__)' ||
@@ -58,5 +67,8 @@ serve_peers.reflection_stand_in(); import ray.serve; print("ray serve", ray.__ve
     if gpu; then procs=(--procs 4); else procs=(); export OMP_NUM_THREADS=1; fi
     $py bench/serve_peers.py "${model[@]}" "${quick[@]}" "${procs[@]}" \
       --out "$out/serve-peers-$tag.json" "$@" ;;
-  *) echo "usage: bash bench/gpu.sh setup|tests|dispatch|sampling|embed|embed-kiln|peers" >&2; exit 2 ;;
+  rounds) $py bench/gateway_rounds.py "$@" ;;
+  bulk-probe) $py bench/bulk_probe.py --out "$out/bulk-probe.json" "$@" ;;
+  *) echo "usage: bash bench/gpu.sh setup|tests|dispatch|sampling|embed|embed-kiln|peers|rounds|bulk-probe" >&2
+     exit 2 ;;
 esac
