@@ -5,6 +5,7 @@ HTTP clients, raw sockets for the slow ones, and the official ``openai`` client.
 from __future__ import annotations
 
 import base64
+import re
 import socket
 import time
 
@@ -170,9 +171,15 @@ def test_the_gateway_takes_what_it_loaded_out_of_later_garbage_collections():
         assert gc.get_freeze_count() > before  # kiln._gc: full collections paused the loop
         time.sleep(0.3)
         gateway = httpx.get(s.url + "/cluster").json()["gateway"]
+        metrics = httpx.get(s.url + "/metrics").text
     # what a slow request may have waited for: the loop's lateness and the collections
     assert gateway["loop_lag"]["ticks"] >= 5 and gateway["loop_lag"]["every_ms"] == 20
     assert gateway["gc"]["collections"][2] >= 1  # the settle's, at least
+    # and in Prometheus' form, read when scraped
+    full = re.search(r'^kiln_gateway_gc_collections_total\{generation="2"\} (\S+)$', metrics, re.M)
+    assert full and float(full.group(1)) >= 1
+    assert re.search(r'^kiln_gateway_event_loop_late_total\{over_ms="50"\} \S+$', metrics, re.M)
+    assert "kiln_gateway_gc_seconds_total" in metrics
 
 
 # -- the official OpenAI client ---------------------------------------------------------------

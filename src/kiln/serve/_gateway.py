@@ -153,6 +153,7 @@ class Gateway:
         self._task: asyncio.Task | None = None
         self.lag = LoopLag()
         self._lag_task: asyncio.Task | None = None
+        metrics.stalls(self.lag.report, pauses)  # in /metrics too, read when scraped
         self._refreshing: asyncio.Future | None = None
         # Agents that failed their last status checks in a row, and one event per agent that
         # calls in flight on it wait on beside their answer: a call in flight on an agent whose

@@ -6,7 +6,11 @@ a test's and a notebook's, without their counts mixing or their names clashing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -54,6 +58,12 @@ class Metrics:
                                       "1 while the gateway is attached to its cluster",
                                       registry=r)
 
+    def stalls(self, loop_lag: Callable[[], dict[str, Any]],
+               collections: Callable[[], dict[str, Any]]) -> None:
+        """Export what a slow request may have waited for, read when scraped: the event loop's
+        lateness (``serve/_lag.py``) and this process's garbage collections (``kiln._gc``)."""
+        self.registry.register(_Stalls(loop_lag, collections))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -61,3 +71,39 @@ class Metrics:
         """One sample's current value (0 when absent), e.g. ``value("kiln_gateway_failovers_total")``."""
         got = self.registry.get_sample_value(name, labels or None)
         return float(got or 0.0)
+
+
+class _Stalls:
+    """A collector of counters kept elsewhere (``Metrics.stalls``)."""
+
+    def __init__(self, loop_lag: Callable[[], dict[str, Any]],
+                 collections: Callable[[], dict[str, Any]]) -> None:
+        self.loop_lag, self.collections = loop_lag, collections
+
+    def collect(self) -> Any:
+        lag, gc = self.loop_lag(), self.collections()
+        late = CounterMetricFamily("kiln_gateway_event_loop_late",
+                                   "event loop timers that ran late by at least over_ms",
+                                   labels=["over_ms"])
+        for ms, n in lag["late_over_ms"].items():
+            late.add_metric([ms], n)
+        yield late
+        yield CounterMetricFamily("kiln_gateway_event_loop_late_seconds",
+                                  "seconds the event loop's timers ran late, in all",
+                                  value=lag["late_s"])
+        runs = CounterMetricFamily("kiln_gateway_gc_collections", "garbage collections",
+                                   labels=["generation"])
+        spent = CounterMetricFamily("kiln_gateway_gc_seconds",
+                                    "seconds garbage collections paused the process",
+                                    labels=["generation"])
+        for g, (n, sec) in enumerate(zip(gc["collections"], gc["seconds"], strict=True)):
+            runs.add_metric([str(g)], n)
+            spent.add_metric([str(g)], sec)
+        yield runs
+        yield spent
+        long = CounterMetricFamily("kiln_gateway_gc_pauses",
+                                   "garbage collections that paused at least over_ms",
+                                   labels=["over_ms"])
+        for ms, n in gc["pauses_over_ms"].items():
+            long.add_metric([ms], n)
+        yield long
