@@ -2,7 +2,7 @@
 
     python bench/bulk_probe.py [--bulk 50000] [--runs 3] [--chunks 2048,8192] [--spy-seconds 6]
 
-On one GPU machine, with the environment of ``bench/gpu.sh`` (``KILN_EMBED_MODEL_DEFAULT``):
+On one GPU machine, as `bash bench/gpu.sh bulk-probe [ARGS]` (its environment: the model, offline):
 
 1. the in-process ``Encoder``: bulk texts/s, and its two halves alone (tokenising; the forward
    passes of texts already tokenised);

@@ -13,7 +13,7 @@ device was, and the CPU seconds of each kind of process. Rounds show what median
 once ramped up (``bench/results/gateway-inflight-h100.txt``; the cause, CUDA graphs captured in
 requests' time, was found with these rounds: ``gateway-rounds-h100-before-rowbuckets.txt``),
 so run settings in both orders.
-On a GPU machine, with the environment of ``bench/gpu.sh`` (``KILN_EMBED_MODEL_DEFAULT``).
+On a GPU machine, as `bash bench/gpu.sh rounds [ARGS]` (its environment: the model, offline).
 """
 
 from __future__ import annotations
