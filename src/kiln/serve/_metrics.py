@@ -82,28 +82,23 @@ class _Stalls:
 
     def collect(self) -> Any:
         lag, gc = self.loop_lag(), self.collections()
-        late = CounterMetricFamily("kiln_gateway_event_loop_late",
-                                   "event loop timers that ran late by at least over_ms",
-                                   labels=["over_ms"])
-        for ms, n in lag["late_over_ms"].items():
-            late.add_metric([ms], n)
-        yield late
+        yield _labelled("kiln_gateway_event_loop_late",
+                        "event loop timers that ran late by at least over_ms", "over_ms",
+                        lag["late_over_ms"])
         yield CounterMetricFamily("kiln_gateway_event_loop_late_seconds",
                                   "seconds the event loop's timers ran late, in all",
                                   value=lag["late_s"])
-        runs = CounterMetricFamily("kiln_gateway_gc_collections", "garbage collections",
-                                   labels=["generation"])
-        spent = CounterMetricFamily("kiln_gateway_gc_seconds",
-                                    "seconds garbage collections paused the process",
-                                    labels=["generation"])
-        for g, (n, sec) in enumerate(zip(gc["collections"], gc["seconds"], strict=True)):
-            runs.add_metric([str(g)], n)
-            spent.add_metric([str(g)], sec)
-        yield runs
-        yield spent
-        long = CounterMetricFamily("kiln_gateway_gc_pauses",
-                                   "garbage collections that paused at least over_ms",
-                                   labels=["over_ms"])
-        for ms, n in gc["pauses_over_ms"].items():
-            long.add_metric([ms], n)
-        yield long
+        yield _labelled("kiln_gateway_gc_collections", "garbage collections", "generation",
+                        dict(enumerate(gc["collections"])))
+        yield _labelled("kiln_gateway_gc_seconds", "seconds garbage collections paused the "
+                        "process", "generation", dict(enumerate(gc["seconds"])))
+        yield _labelled("kiln_gateway_gc_pauses",
+                        "garbage collections that paused at least over_ms", "over_ms",
+                        gc["pauses_over_ms"])
+
+
+def _labelled(name: str, doc: str, label: str, values: dict[Any, float]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, value in values.items():
+        family.add_metric([str(key)], value)
+    return family
