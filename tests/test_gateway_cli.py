@@ -83,6 +83,7 @@ BAD = [
     ("several workers, no address", ["--workers", "2"], "--address"),  # no --address below
     ("bad fallback", ["--fallback", "maybe"], "--fallback"),
     ("bad parser", ["--http", "h2"], "--http 'h2'"),
+    ("bad event loop", ["--loop", "tokio"], "--loop 'tokio'"),
 ]
 
 

@@ -699,6 +699,9 @@ def serve(host: Annotated[str, typer.Option(
           http: Annotated[str, typer.Option(
               help="uvicorn's HTTP parser: auto (httptools where installed), httptools, h11")
           ] = "auto",
+          loop: Annotated[str, typer.Option(
+              help="uvicorn's event loop: auto (uvloop where installed), uvloop, asyncio")
+          ] = "auto",
           h11_max_incomplete_event_size: Annotated[int | None, typer.Option(
               help="uvicorn's: bytes of request line and headers at most")] = None,
           root_path: Annotated[str, typer.Option(help="uvicorn's: behind a path prefix")] = "",
@@ -733,7 +736,7 @@ def serve(host: Annotated[str, typer.Option(
         workers=workers, timeout_keep_alive=timeout_keep_alive, timeout_header=timeout_header,
         timeout_body=timeout_body, timeout_graceful_shutdown=timeout_graceful_shutdown,
         limit_concurrency=limit_concurrency, limit_max_requests=limit_max_requests,
-        max_connections=max_connections, backlog=backlog, http=http,
+        max_connections=max_connections, backlog=backlog, http=http, loop=loop,
         h11_max_incomplete_event_size=h11_max_incomplete_event_size, root_path=root_path,
         proxy_headers=proxy_headers, forwarded_allow_ips=forwarded_allow_ips,
         ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile, log_level=log_level,

@@ -18,6 +18,7 @@ from kiln.errors import GatewayError
 
 LOOPBACK_NAMES = ("localhost", "ip6-localhost")
 HTTP_PARSERS = ("auto", "httptools", "h11")  # uvicorn's --http choices (kiln.serve._server)
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")  # uvicorn's --loop choices
 
 
 def read_key(api_key: str | None, api_key_file: str | None) -> str | None:
@@ -74,6 +75,7 @@ class ServeOptions:
     max_connections: int | None = None    # None: below the open-file limit
     backlog: int = 2048
     http: str = "auto"                    # uvicorn's parser: auto (httptools here), httptools, h11
+    loop: str = "auto"                    # uvicorn's loop: auto (uvloop here), uvloop, asyncio
     h11_max_incomplete_event_size: int | None = None
     root_path: str = ""
     proxy_headers: bool = False
@@ -113,6 +115,11 @@ class ServeOptions:
         if self.http == "httptools" and importlib.util.find_spec("httptools") is None:
             raise GatewayError("--http httptools: httptools is not installed here "
                                "(pip install httptools, or --http auto)")
+        if self.loop not in EVENT_LOOPS:
+            raise GatewayError(f"--loop {self.loop!r}: use one of {', '.join(EVENT_LOOPS)}")
+        if self.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise GatewayError("--loop uvloop: uvloop is not installed here "
+                               "(pip install uvloop, or --loop auto)")
         if self.retries < 0:
             raise GatewayError(f"--retries {self.retries}: must be 0 or more")
         if self.workers > 1 and not self.address:
@@ -149,7 +156,7 @@ class ServeOptions:
                    timeout_graceful_shutdown=self.timeout_graceful_shutdown,
                    limit_concurrency=self.limit_concurrency,
                    limit_max_requests=self.limit_max_requests, backlog=self.backlog,
-                   http=self.http,
+                   http=self.http, loop=self.loop,
                    h11_max_incomplete_event_size=self.h11_max_incomplete_event_size,
                    root_path=self.root_path, proxy_headers=self.proxy_headers,
                    forwarded_allow_ips=self.forwarded_allow_ips, ssl_keyfile=self.ssl_keyfile,
