@@ -1,18 +1,21 @@
-"""The gateway under one-text load, round after round, for settings of the coalescer side by side.
+"""The gateway under one-text load, round after round, for settings side by side.
 
-    python bench/gateway_rounds.py [--inflight 2,1] [--rounds 5,3] [--clients 64,256]
-                                   [--workers 4] [--duration 3]
+    python bench/gateway_rounds.py [--inflight 2,1] [--rounds 5,3] [--clients 1,64,256]
+                                   [--workers 4,8] [--duration 3] [--loops uvloop,asyncio]
 
-One embedded cluster (its agent warm, its CUDA graphs captured), then for each value of
-``KILN_GATEWAY_COALESCE_INFLIGHT`` a fresh ``kiln serve`` and its rounds: one window per client
-count, printed as it ends with req/s, p50/p99/max latency and how much rode together
-(HTTP requests per agent call, agent calls and texts per forward pass; ``bench/embed.py``'s
-``merging``), and what a slow request may have waited for in that window: each gateway worker's
-event-loop lateness and garbage collections, the agents' collections and how busy their
-device was, and the CPU seconds of each kind of process. Rounds show what medians hide: a fresh cluster's first tens of seconds under load
-once ramped up (``bench/results/gateway-inflight-h100.txt``; the cause, CUDA graphs captured in
-requests' time, was found with these rounds: ``gateway-rounds-h100-before-rowbuckets.txt``),
-so run settings in both orders.
+One embedded cluster (its agent warm, its CUDA graphs captured), then for each event loop
+(``kiln serve --loop``), gateway worker count and value of ``KILN_GATEWAY_COALESCE_INFLIGHT``
+a fresh ``kiln serve`` and its rounds: one window per client count, printed as it ends with
+req/s, p50/p99/max latency and how much rode together (HTTP requests per agent call, agent
+calls and texts per forward pass; ``bench/embed.py``'s ``merging``); where the requests' time
+went (the gateway's Server-Timing stages, p50/p99: queue, cluster call, the job in the agent,
+the gateway's total, and "outside" it: client, loopback, HTTP server); and what a slow request
+may have waited for in that window: each gateway worker's event-loop lateness and garbage
+collections, the agents' collections and how busy their device was, and the CPU seconds of
+each kind of process (and per request). Rounds show what medians hide: a fresh cluster's
+first tens of seconds under load once ramped up (``bench/results/gateway-inflight-h100.txt``;
+the cause, CUDA graphs captured in requests' time, was found with these rounds:
+``gateway-rounds-h100-before-rowbuckets.txt``), so run settings in both orders.
 On a GPU machine, as `bash bench/gpu.sh rounds [ARGS]` (its environment: the model, offline).
 """
 
@@ -51,10 +54,11 @@ def over(report: dict[str, Any], key: str, ms: str) -> int:
     return int((report or {}).get(key, {}).get(ms, 0))
 
 
-def stalls(before: dict[str, Any], after: dict[str, Any]) -> str:
+def stalls(before: dict[str, Any], after: dict[str, Any], req_per_s: float) -> str:
     """What changed between two snapshots: late event-loop timers (>= 50 ms) and full
     collections (with pauses >= 50 ms) per gateway worker; per agent its full collections,
-    pauses >= 50 ms, busy share of the window and longest pass; CPU seconds by process kind."""
+    pauses >= 50 ms, busy share of the window and longest pass; by process kind the cores used
+    and the CPU microseconds per request (at the window's rate, warm-up included)."""
     out = []
     for pid, g in after["workers"].items():
         b = before["workers"].get(pid)
@@ -77,8 +81,42 @@ def stalls(before: dict[str, Any], after: dict[str, Any]) -> str:
     for pid, (kind, sec) in after["cpu"].items():
         cpu[kind] = cpu.get(kind, 0) + sec - before["cpu"].get(pid, (kind, 0.0))[1]
     top = sorted(cpu.items(), key=lambda kv: -kv[1])[:6]
-    out.append("cpu " + ", ".join(f"{k} {v / wall:.2f}" for k, v in top))
+    per_request = 1e6 / wall / max(req_per_s, 1e-9)
+    out.append("cpu " + ", ".join(f"{k} {v / wall:.2f} ({v * per_request:.0f} us/req)"
+                                  for k, v in top))
     return " | ".join(out)
+
+
+def round_trips(cluster: Any, calls: int = 300) -> str:
+    """One agent call at a time from this process, p50 ms: Ray's smallest round trip (echo), a
+    cached text and a fresh one: what a one-client request pays below the gateway."""
+    agent = cluster.agents()[0]
+    fixed = "a text asked again and again"
+    fresh = iter(range(10**9))
+    cases = {
+        "echo": lambda: agent.invoke("agent", "echo", {"x": 1}),
+        "embed_cached": lambda: agent.invoke("embed", "encode", {"texts": [fixed]}),
+        "embed_fresh": lambda: agent.invoke("embed", "encode", {"texts": [
+            f"a fresh text {next(fresh)} about the weather and the markets"]}),
+    }
+    out = []
+    for name, call in cases.items():
+        call()
+        took = []
+        for _ in range(calls):
+            began = time.perf_counter()
+            call()
+            took.append((time.perf_counter() - began) * 1000)
+        took.sort()
+        out.append(f"{name} {took[len(took) // 2]:.3f}")
+    return "agent calls from the driver, p50 ms: " + ", ".join(out)
+
+
+def timing(r: dict[str, Any]) -> str:
+    """The window's Server-Timing stages, p50/p99 ms (loadgen.stages)."""
+    st = r.get("server_timing_ms") or {}
+    return "server-timing p50/p99 ms: " + ", ".join(
+        f"{k} {v['p50']}/{v['p99']}" for k, v in st.items())
 
 
 def spy(server: Server, seconds: float) -> dict[str, Any]:
@@ -109,36 +147,45 @@ def main() -> None:
     p.add_argument("--inflight", default="2,1", help="values, in the order they run")
     p.add_argument("--rounds", default="5,3", help="rounds for each value")
     p.add_argument("--clients", default="64,256")
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--workers", default="4", help="gateway worker counts, in order")
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--procs", type=int, default=4, help="load generator processes")
+    p.add_argument("--loops", default="auto", help="kiln serve --loop values, in order")
     p.add_argument("--spy-seconds", type=float, default=0.0,
                    help="py-spy the agents and one gateway worker over the first rounds of the "
                         "first setting, for this long (the ramp of a fresh cluster)")
     a = p.parse_args()
     cluster = embed.warm_cluster()
-    for inflight, rounds in zip(a.inflight.split(","), a.rounds.split(","), strict=True):
+    print(round_trips(cluster), flush=True)
+    pairs = list(zip(a.inflight.split(","), a.rounds.split(","), strict=True))
+    settings = [(loop, int(workers), inflight, rounds) for loop in a.loops.split(",")
+                for workers in a.workers.split(",") for inflight, rounds in pairs]
+    for loop, workers, inflight, rounds in settings:
         os.environ["KILN_GATEWAY_COALESCE_INFLIGHT"] = inflight  # the gateway inherits it
         port = serve_peers.free_port()
         cmd = [sys.executable, "-m", "kiln.cli", "serve", "--address", cluster.address,
-               "--port", str(port), "--log-level", "warning", "--workers", str(a.workers)]
+               "--port", str(port), "--log-level", "warning", "--workers", str(workers),
+               "--loop", loop]
         with Server(cmd, port, name="kiln-serve") as s:
             spies = spy(s, a.spy_seconds) if a.spy_seconds > 0 else {}
             a.spy_seconds = 0.0  # the first setting only: a fresh cluster's first rounds
             for i in range(int(rounds)):
                 for clients in (int(c) for c in a.clients.split(",")):
-                    before, snap = embed.batching(s.url), snapshot(s.url, a.workers)
+                    before, snap = embed.batching(s.url), snapshot(s.url, workers)
                     r = loadgen.run(loadgen.Load(url=s.url, clients=clients, texts=1,
                                                  duration_s=a.duration, warmup_s=1,
                                                  procs=a.procs))
                     m = embed.merging(
                         r, {k: embed.batching(s.url)[k] - v for k, v in before.items()}, 1)
-                    print("inflight", inflight, "round", i, "c", clients, r["req_per_s"],
-                          "p50", r["p50_ms"], "p99", r["p99_ms"], "max", r["max_ms"],
-                          "req/call", m["requests_per_agent_call"],
+                    print("loop", loop, "workers", workers, "inflight", inflight, "round", i,
+                          "c", clients,
+                          r["req_per_s"], "p50", r["p50_ms"], "p99", r["p99_ms"],
+                          "max", r["max_ms"], "req/call", m["requests_per_agent_call"],
                           "calls/pass", m["agent_calls_per_pass"],
                           "texts/pass", m["texts_per_pass"], flush=True)
-                    print("   ", stalls(snap, snapshot(s.url, a.workers)), flush=True)
+                    print("   ", timing(r), flush=True)
+                    print("   ", stalls(snap, snapshot(s.url, workers), r["req_per_s"]),
+                          flush=True)
             for name, (proc, path) in spies.items():
                 proc.wait(timeout=300)
                 if path.exists():

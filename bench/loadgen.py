@@ -81,7 +81,8 @@ async def _clients(load: Load, proc: int, start: float, bound: int | None) -> di
 
     warm_end = start + load.warmup_s
     end = warm_end + load.duration_s
-    done: list[tuple[float, float]] = []   # (finished at, latency) of good timed requests
+    # (finished at, latency, its Server-Timing header or "") of good timed requests
+    done: list[tuple[float, float, str]] = []
     errors: dict[str, int] = {}
     issued = 0                              # timed requests sent (for the bound)
     counter = 0
@@ -108,8 +109,9 @@ async def _clients(load: Load, proc: int, start: float, bound: int | None) -> di
                     async with session.post(load.path, data=data, headers=headers) as r:
                         raw = await r.read()
                         status = r.status
+                        timing = r.headers.get("server-timing", "")
                 except (TimeoutError, aiohttp.ClientError, OSError) as err:
-                    raw, status = b"", type(err).__name__
+                    raw, status, timing = b"", type(err).__name__, ""
                 finished = time.monotonic()
                 if status == 200 and not checked:
                     got = rows(load, json.loads(raw))
@@ -120,7 +122,7 @@ async def _clients(load: Load, proc: int, start: float, bound: int | None) -> di
                 if finished < warm_end:
                     continue
                 if status == 200:
-                    done.append((finished, finished - t))
+                    done.append((finished, finished - t, timing))
                 else:
                     errors[str(status)] = errors.get(str(status), 0) + 1
 
@@ -190,9 +192,10 @@ def summarise(load: Load, outs: list[dict[str, Any]], start: float) -> dict[str,
     end = warm_end + load.duration_s
     done = [d for o in outs for d in o["done"]]
     if load.max_requests is not None and done:
-        end = min(end, max(f for f, _ in done))   # the bound ended the window
+        end = min(end, max(d[0] for d in done))   # the bound ended the window
     window = max(end - warm_end, 1e-9)
-    lat = sorted(lat * 1000 for f, lat in done if f <= end)
+    timed = [d for d in done if d[0] <= end]
+    lat = sorted(d[1] * 1000 for d in timed)
     errors: dict[str, int] = {}
     for o in outs:
         for k, v in o["errors"].items():
@@ -208,7 +211,30 @@ def summarise(load: Load, outs: list[dict[str, Any]], start: float) -> dict[str,
             "requests": len(lat), "errors": sum(errors.values()), "errors_by_status": errors,
             "window_s": round(window, 3), "clients": load.clients, "texts_per_request": load.texts,
             "procs": len(outs), "client_cpu_s": round(sum(o["cpu_s"] for o in outs), 2),
-            "cache_hits": load.fixed is not None}
+            "cache_hits": load.fixed is not None, **stages(timed)}
+
+
+def stages(timed: list[tuple[float, float, str]]) -> dict[str, Any]:
+    """Where the requests' time went, from the server's ``Server-Timing`` header (kiln's
+    gateway sends one): p50 and p99 of each stage, and of "outside", the client's latency less
+    the server's total (the client, the loopback and the HTTP server before the app)."""
+    by: dict[str, list[float]] = {}
+    for _, latency, header in timed:
+        if not header:
+            continue
+        parts = dict(p.strip().split(";dur=") for p in header.split(","))
+        for name, ms in parts.items():
+            by.setdefault(name, []).append(float(ms))
+        if "total" in parts:
+            by.setdefault("outside", []).append(latency * 1000 - float(parts["total"]))
+    if not by:
+        return {}
+    out = {}
+    for name, values in by.items():
+        values.sort()
+        out[name] = {"p50": round(values[len(values) // 2], 3),
+                     "p99": round(values[min(len(values) - 1, int(0.99 * len(values)))], 3)}
+    return {"server_timing_ms": out}
 
 
 FIGURES = ("req_per_s", "texts_per_s", "p50_ms", "p90_ms", "p99_ms")

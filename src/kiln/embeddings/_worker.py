@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -103,6 +104,7 @@ def encode(state: State, payload: Payload, ctx: Context) -> Reply:
     Cached texts are served from the cache (the very vector computed the first time); the
     others are encoded in one batch, merged with concurrent requests by the batcher.
     """
+    began = time.perf_counter()
     texts, model, use_cache = _validate(payload)
     enc = state.encoder(model)
     key = enc.spec.path  # aliases and paths of the same model share cache entries
@@ -150,7 +152,9 @@ def encode(state: State, payload: Payload, ctx: Context) -> Reply:
     state.requests += 1
     out = {"embeddings": vectors, "cached": int(hit.sum()), "truncated": int(cut.sum()),
            "tokens": int(tokens.sum()), "node": ctx.node,
-           "device": ctx.device, "model": model, "dim": enc.dim}
+           "device": ctx.device, "model": model, "dim": enc.dim,
+           # the job's own time in the agent (the gateway's Server-Timing "agent")
+           "seconds": time.perf_counter() - began}
     if payload.get("per_text"):
         # one call carrying many clients' texts (the gateway's coalescer): each client's counts
         out["per_text"] = {"cached": hit, "tokens": tokens, "truncated": cut}

@@ -20,6 +20,7 @@ have not been sent; a call whose every request gave up is cancelled on its agent
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ import numpy as np
 class _Waiting:
     texts: list[str]
     future: asyncio.Future
+    queued: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
@@ -99,6 +101,7 @@ class Coalescer:
         texts = [t for item in batch for t in item.texts]
         payload = {"texts": texts, "model": lane.model, "cache": lane.cache, "per_text": True}
         call = None
+        sent = time.perf_counter()
         try:
             call = lane.agent.submit("embed", "encode", payload)
             watcher = asyncio.ensure_future(_answer(call))
@@ -122,7 +125,7 @@ class Coalescer:
         self.calls += 1
         self.requests += len(batch)
         self.max_requests_per_call = max(self.max_requests_per_call, len(batch))
-        _hand_out(answer, batch)
+        _hand_out(answer, batch, sent, time.perf_counter())
 
 
 def _unqueue(future: asyncio.Future, lane: _Lane, waiting: _Waiting) -> None:
@@ -134,8 +137,11 @@ async def _answer(call: Any) -> Any:
     return await call
 
 
-def _hand_out(answer: dict[str, Any], batch: list[_Waiting]) -> None:
-    """Each request's rows and its own counts, out of one answer for all of them."""
+def _hand_out(answer: dict[str, Any], batch: list[_Waiting], sent: float,
+              answered: float) -> None:
+    """Each request's rows and its own counts, out of one answer for all of them, with how
+    long it waited in the queue (``queue_s``) and the call took (``call_s``): the gateway's
+    Server-Timing."""
     rows = np.asarray(answer["embeddings"])
     per = answer.get("per_text") or {}
     cached = np.asarray(per.get("cached", np.zeros(len(rows), bool)))
@@ -149,7 +155,8 @@ def _hand_out(answer: dict[str, Any], batch: list[_Waiting]) -> None:
                 **{k: v for k, v in answer.items() if k not in ("embeddings", "per_text")},
                 "embeddings": rows[start:end], "cached": int(cached[start:end].sum()),
                 "tokens": int(tokens[start:end].sum()),
-                "truncated": int(truncated[start:end].sum())})
+                "truncated": int(truncated[start:end].sum()),
+                "queue_s": sent - item.queued, "call_s": answered - sent})
         start = end
 
 

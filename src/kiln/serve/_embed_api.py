@@ -95,10 +95,19 @@ async def run(s: Served, endpoint: str, texts: list[str], model: str,
     finally:
         gateway.inflight -= 1
         metrics.inflight.dec()
+    took = time.perf_counter() - started
     metrics.texts.inc(len(texts))
     metrics.truncated.inc(outcome.truncated)
-    metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
-    return outcome
+    metrics.latency.labels(endpoint=endpoint).observe(took)
+    return outcome._replace(stages={**(outcome.stages or {}), "total": took})
+
+
+def server_timing(out: Outcome) -> bytes:
+    """The W3C ``Server-Timing`` header of an answer: the milliseconds of each stage (queue,
+    cluster, agent; total: the gateway's whole time). A client can tell its own and the
+    network's share from the gateway's, and the gateway's from the agent's; browsers' devtools
+    show it."""
+    return ", ".join(f"{k};dur={v * 1000:.3f}" for k, v in (out.stages or {}).items()).encode()
 
 
 @router.post("/infer", response_model=InferResponse)
@@ -107,7 +116,8 @@ async def infer(request: Request, body: InferRequest, strategy: Strategy | None 
     """Embed texts on one agent (per text, with consistent hashing); the seed's shape."""
     s = served(request)
     check(s, body.texts, body.model, "texts")
-    return json_response(infer_body(await run(s, "/infer", body.texts, body.model, strategy)))
+    out = await run(s, "/infer", body.texts, body.model, strategy)
+    return json_response(infer_body(out), out)
 
 
 @router.post("/infer/parallel", response_model=ParallelResponse)
@@ -119,7 +129,7 @@ async def infer_parallel(request: Request, body: InferRequest,
     out = await run(s, "/infer/parallel", body.texts, body.model, strategy, parallel=True)
     return json_response({"embeddings": out.embeddings, "nodes_used": len(out.nodes),
                           "nodes": out.nodes, "cached": out.cached, "truncated": out.truncated,
-                          "fallback": out.fallback})
+                          "fallback": out.fallback}, out)
 
 
 def infer_body(out: Outcome) -> dict[str, Any]:
@@ -128,8 +138,10 @@ def infer_body(out: Outcome) -> dict[str, Any]:
             "truncated": out.truncated, "tokens": out.tokens, "fallback": out.fallback}
 
 
-def json_response(content: Any) -> Response:
-    return Response(json_bytes(content), media_type="application/json")
+def json_response(content: Any, out: Outcome | None = None) -> Response:
+    """``content`` as JSON; with the ``Outcome`` it came from, its Server-Timing header too."""
+    headers = {"server-timing": server_timing(out).decode()} if out is not None else None
+    return Response(json_bytes(content), media_type="application/json", headers=headers)
 
 
 def json_bytes(content: Any) -> bytes:

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from kiln.serve._embed_api import check, infer_body, json_bytes, run
+from kiln.serve._embed_api import check, infer_body, json_bytes, run, server_timing
 from kiln.serve._gateway import Outcome, Served
 from kiln.serve._middleware import ApiError, error_response
 from kiln.serve._openai_api import embeddings_body
@@ -105,7 +105,8 @@ class FastLane:
             response = error_response(err.status, err.kind, err.message, err.field, err.headers)
             return await response(scope, receive, send)
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [*_HEADERS, (b"content-length", b"%d" % len(body))]})
+                    "headers": [*_HEADERS, (b"content-length", b"%d" % len(body)),
+                                (b"server-timing", server_timing(out))]})
         await send({"type": "http.response.body", "body": body})
 
 

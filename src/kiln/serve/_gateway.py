@@ -55,6 +55,10 @@ class Limits:
     max_inflight: int = 256           # requests served at once; more -> 503 + Retry-After
 
 
+# Server-Timing's stages and the answer's key for each (kiln.serve._coalesce, the worker)
+STAGES = {"queue": "queue_s", "cluster": "call_s", "agent": "seconds"}
+
+
 class Unavailable(GatewayError):
     """No agent could answer and the local fallback is off or failed too."""
 
@@ -100,6 +104,9 @@ class Outcome(NamedTuple):
     truncated: int
     tokens: int
     fallback: bool
+    # seconds by stage, the slowest group's: queue (waiting for the coalescer's call), cluster
+    # (the agent call, seen from here), agent (the job inside the agent); Server-Timing
+    stages: dict[str, float] | None = None
 
 
 @dataclass
@@ -315,6 +322,7 @@ class Gateway:
         out = np.empty((len(texts), dim), dtype=np.float32)
         nodes: list[str] = []
         cached = truncated = tokens = 0
+        stages = dict.fromkeys(STAGES, 0.0)
         for (idx, _), answer in zip(groups, answers, strict=True):
             if isinstance(answer, dict):
                 out[idx] = answer["embeddings"]
@@ -323,6 +331,8 @@ class Gateway:
                 tokens += answer["tokens"]
                 if answer["node"] not in nodes:
                     nodes.append(answer["node"])
+                for stage, key in STAGES.items():
+                    stages[stage] = max(stages[stage], answer.get(key) or 0.0)
         if local is not None:
             out[rest] = local.embeddings
             truncated += local.truncated
@@ -332,7 +342,7 @@ class Gateway:
             self.metrics.distributed.inc()
         self.metrics.cache_hits.inc(cached)
         self.metrics.cache_misses.inc(len(texts) - cached)
-        return Outcome(out, nodes, cached, truncated, tokens, local is not None)
+        return Outcome(out, nodes, cached, truncated, tokens, local is not None, stages)
 
     async def _group(self, texts: list[str], idx: list[int], order: list[Any], model: str,
                      router: Router, deadline: float) -> dict[str, Any] | str:
@@ -384,9 +394,11 @@ class Gateway:
                 continue
             finally:
                 router.finished(agent)
+            took = time.perf_counter() - started
             self.metrics.node_requests.labels(node=answer["node"] or agent.name).inc()
-            self.metrics.agent_latency.labels(node=answer["node"] or agent.name).observe(
-                time.perf_counter() - started)
+            self.metrics.agent_latency.labels(node=answer["node"] or agent.name).observe(took)
+            if "call_s" not in answer:  # a call of its own (coalescing off): no queue
+                answer["call_s"] = took
             return answer
         return why
 
@@ -507,6 +519,7 @@ class Gateway:
                 "coalescer": self.coalescer.stats() if self.coalescer else None,
                 # what a slow request may have waited for in this worker (kiln._gc, _lag)
                 "loop_lag": self.lag.report(), "gc": pauses(),
+                "event_loop": _loop_name(),
             },
             "agents": agents,
             "totals": {
@@ -533,6 +546,12 @@ class Gateway:
                             "state": rec.state, "reason": "" if live else rec.reason,
                             "handle": rec.handle if live else None})
         return out
+
+
+def _loop_name() -> str:
+    """The running event loop's kind (``kiln serve --loop``): "uvloop" or "asyncio"."""
+    module = type(asyncio.get_running_loop()).__module__
+    return "uvloop" if module.startswith("uvloop") else "asyncio"
 
 
 async def _awaited(call: Any) -> Any:

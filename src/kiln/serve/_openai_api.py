@@ -46,7 +46,7 @@ async def embeddings(request: Request, body: EmbeddingsRequest,
     s = served(request)
     check(s, texts, body.model, "input")
     out = await run(s, "/v1/embeddings", texts, body.model, strategy)
-    return json_response(embeddings_body(out, body.model, body.encoding_format))
+    return json_response(embeddings_body(out, body.model, body.encoding_format), out)
 
 
 def embeddings_body(out: Outcome, model: str, encoding_format: str) -> dict[str, Any]:
