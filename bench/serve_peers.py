@@ -343,15 +343,20 @@ def rayserve_env(mode: str) -> dict[str, str]:
 
 
 def run_peers(model_path: str, device: str, sizes: Sizes, batch_size: int = 256,
-              dtype: str = "auto") -> dict[str, Any]:
-    """Both peers, every case of ``sizes``; Ray Serve at its best from the sweep."""
+              dtype: str = "auto", peers: tuple[str, ...] = ("fastapi", "rayserve")
+              ) -> dict[str, Any]:
+    """The peers (both by default), every case of ``sizes``; Ray Serve at its best from the
+    sweep."""
     results: dict[str, Any] = {}
-    print("peer: FastAPI + sentence-transformers ...", flush=True)
-    port = free_port()
-    with Server(server_cmd("fastapi", model_path, device, port, batch_size), port,
-                name="fastapi") as s:
-        results["fastapi"] = {"cold_s": s.cold_s, "first_ms": s.first_ms,
-                              **drive_cases(s.url, sizes, "fastapi")}
+    if "fastapi" in peers:
+        print("peer: FastAPI + sentence-transformers ...", flush=True)
+        port = free_port()
+        with Server(server_cmd("fastapi", model_path, device, port, batch_size), port,
+                    name="fastapi") as s:
+            results["fastapi"] = {"cold_s": s.cold_s, "first_ms": s.first_ms,
+                                  **drive_cases(s.url, sizes, "fastapi")}
+    if "rayserve" not in peers:
+        return results
 
     print("peer: Ray Serve, batched: sweep at 64 one-text clients ...", flush=True)
     sweep: dict[str, Any] = {}
@@ -417,6 +422,9 @@ def main() -> None:
     p.add_argument("--dtype", help="Ray Serve's model dtype: auto (as loaded), float32, ... "
                    "(default: the best of the sweep)")
     p.add_argument("--procs", type=int, default=1, help="load generator client processes")
+    p.add_argument("--peers", default="fastapi,rayserve", help="which peers to run")
+    p.add_argument("--sweep", help="Ray Serve's sweep, narrowed: MODES/SIZES/WAITS, e.g. "
+                   "optimized/128,256/0.005,0.02 (default: every mode, size and wait)")
     p.add_argument("--out", help="JSON path (default bench/results/serve-peers-<device>.json)")
     p.add_argument("--server", choices=("fastapi", "rayserve"), help=argparse.SUPPRESS)
     p.add_argument("--device", help=argparse.SUPPRESS)
@@ -438,6 +446,11 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model_path = str(Path(args.model).resolve()) if args.model else resolve("default").path
     sizes = Sizes(**(QUICK if args.quick else {}), procs=args.procs)
+    if args.sweep:
+        modes, batch, waits = args.sweep.split("/")
+        sizes.rayserve_modes = tuple(modes.split(","))
+        sizes.batch_sizes = tuple(int(b) for b in batch.split(","))
+        sizes.batch_waits = tuple(float(w) for w in waits.split(","))
     raw = {}
     if args.batch_size is None or args.dtype is None:
         from sentence_transformers import SentenceTransformer
@@ -460,7 +473,8 @@ def main() -> None:
         del model
         if gpu:
             torch.cuda.empty_cache()
-    results = run_peers(model_path, device, sizes, args.batch_size, args.dtype)
+    results = run_peers(model_path, device, sizes, args.batch_size, args.dtype,
+                        tuple(args.peers.split(",")))
     results["raw_sweep"] = raw
     write(Path(args.out or REPO / "bench" / "results" / f"serve-peers-{device_tag()}.json"),
           {"benchmark": "serve_peers", "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
