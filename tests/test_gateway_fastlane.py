@@ -27,7 +27,7 @@ def served():
 
 
 def lane(app) -> FastLane:
-    node = app.middleware_stack  # built when the server started
+    node = app.front  # Intake, then the lane, in front of FastAPI
     while not isinstance(node, FastLane):
         node = node.app
     return node

@@ -225,3 +225,19 @@ def test_an_unexpected_error_is_a_500_that_tells_the_client_nothing_but_logs_all
     assert "secret" not in r.text and "RuntimeError" not in r.text
     [record] = [r for r in caplog.records if "GET /boom failed" in r.getMessage()]
     assert record.exc_info and "secret detail" in str(record.exc_info[1])
+
+
+def test_an_unexpected_error_on_the_fast_lane_is_the_same_500(caplog):
+    app = create_app(None, fallback=False)
+
+    async def boom(*args, **kwargs):  # a fault in the gateway itself, past every known error
+        raise RuntimeError("secret detail at /srv/kiln/keys")
+
+    app.state.kiln.gateway.encode = boom
+    with caplog.at_level("ERROR", logger="kiln.serve"), BackgroundServer(app) as s:
+        r = httpx.post(s.url + "/infer", json={"texts": ["a well-formed request"]}, timeout=30)
+    assert r.status_code == 500
+    assert r.json()["error"]["type"] == "internal_error"
+    assert "secret" not in r.text and "RuntimeError" not in r.text
+    [record] = [r for r in caplog.records if "POST /infer failed" in r.getMessage()]
+    assert "secret detail" in str(record.exc_info[1])

@@ -24,7 +24,7 @@ import orjson
 
 from kiln.serve._embed_api import check, infer_body, json_bytes, run, server_timing
 from kiln.serve._gateway import Outcome, Served
-from kiln.serve._middleware import ApiError, error_response
+from kiln.serve._middleware import ApiError, error_response, internal_error
 from kiln.serve._openai_api import embeddings_body
 
 _HEADERS = [(b"content-type", b"application/json")]
@@ -104,6 +104,8 @@ class FastLane:
         except ApiError as err:
             response = error_response(err.status, err.kind, err.message, err.field, err.headers)
             return await response(scope, receive, send)
+        except Exception as err:  # noqa: BLE001 - answered as FastAPI answers it elsewhere
+            return await internal_error("POST", scope["path"], err)(scope, receive, send)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*_HEADERS, (b"content-length", b"%d" % len(body)),
                                 (b"server-timing", server_timing(out))]})

@@ -319,13 +319,15 @@ class Gateway:
             reasons = "; ".join(sorted({why for _, why in failed}))
             local = await self._fallback([texts[i] for i in rest], model, reasons, deadline)
             dim = local.embeddings.shape[1]
-        out = np.empty((len(texts), dim), dtype=np.float32)
+        whole = len(groups) == 1 and local is None  # one group of every text, in order
+        out = answers[0]["embeddings"] if whole else np.empty((len(texts), dim), np.float32)
         nodes: list[str] = []
         cached = truncated = tokens = 0
         stages = dict.fromkeys(STAGES, 0.0)
         for (idx, _), answer in zip(groups, answers, strict=True):
             if isinstance(answer, dict):
-                out[idx] = answer["embeddings"]
+                if not whole:
+                    out[idx] = answer["embeddings"]
                 cached += answer["cached"]
                 truncated += answer["truncated"]
                 tokens += answer["tokens"]

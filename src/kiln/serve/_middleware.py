@@ -18,10 +18,13 @@ One ASGI middleware (``Intake``), in this order, so that the cheap refusals come
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from typing import Any
 
 from fastapi.responses import JSONResponse
+
+log = logging.getLogger("kiln.serve")
 
 # Open without a key: probes, and the docs (which say which endpoints want one).
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc",
@@ -45,6 +48,14 @@ def error_response(status: int, kind: str, message: str, field: str | None = Non
     """Every error of the gateway: ``{"error": {"type", "message", "field"}}``."""
     return JSONResponse({"error": {"type": kind, "message": message, "field": field}, **extra},
                         status_code=status, headers=headers)
+
+
+def internal_error(method: str, path: str, err: BaseException) -> JSONResponse:
+    """A 500 for an error nothing else answered. The client learns that the gateway failed,
+    not how: the text may carry paths, hosts or keys. The log has the whole error."""
+    log.error("kiln serve: %s %s failed", method, path, exc_info=err)
+    return error_response(500, "internal_error", "the gateway failed unexpectedly; its log "
+                                                 "says why")
 
 
 def unauthorized() -> JSONResponse:
@@ -101,7 +112,9 @@ class Intake:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await self._answer(self._too_large(), scope, receive, send, close=True)
         try:
-            body = await asyncio.wait_for(self._read(receive), self.body_timeout)
+            # asyncio.timeout, not wait_for: no task of its own for every request's body
+            async with asyncio.timeout(self.body_timeout):
+                body = await self._read(receive)
         except TimeoutError:
             return await self._answer(error_response(
                 408, "request_timeout", f"body: not received within {self.body_timeout:g} s "
