@@ -20,7 +20,11 @@
 # Ray Serve (the `bench` extra) imports one more package than kiln (grpcio-reflection; where the
 # image's grpcio is too old for it, bench/serve_peers.py puts a stand-in in its place), and
 # py-spy profiles the gateway (summary in the JSON, raw stacks in /tmp/kiln-prof):
-#   EXTRA="grpcio-reflection==1.85.1 py-spy==0.4.3" bash ../shared/device/prepare.sh --model-config
+#   EXTRA="grpcio-reflection==1.85.1 py-spy==0.4.3 pydantic-settings==2.16.3 python-dotenv==1.2.4 \
+#     cachetools==8.0.3 httptools==0.6.4" bash ../shared/device/prepare.sh --model-config
+# (kiln's own dependencies that the machine's image lacks: pydantic-settings, cachetools, and
+# httptools, without which uvicorn falls back to h11 and the gateway figures are not kiln's;
+# setup says which of them is missing.)
 # When the halves run in two calls, the ratios are joined here afterwards:
 #   python bench/embed.py --ratios bench/results/embed-h100.json \
 #     --peers-json bench/results/serve-peers-h100.json
@@ -48,6 +52,9 @@ case "$what" in
       --target /tmp/site .whl/*.whl
     weights
     nvidia-smi -L; $py -c 'import jax, torch; print("jax", jax.__version__, jax.devices(), "torch", torch.__version__)'
+    for m in pydantic_settings cachetools httptools; do
+      $py -c "import $m" 2>/dev/null || echo "MISSING: $m (kiln needs it; see the EXTRA line above)" >&2
+    done
     $py -c 'import aiohttp, orjson, sys; sys.path.insert(0, "bench"); import serve_peers
 serve_peers.reflection_stand_in(); import ray.serve; print("ray serve", ray.__version__)' ||
       echo "no Ray Serve here: the peers part will fail (see the EXTRA line above)" >&2 ;;
