@@ -44,6 +44,9 @@ weights() {
 [ -d .model/minilm ] && export KILN_EMBED_MODEL_DEFAULT=$PWD/.model/minilm
 gpu() { command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; }
 small=(); gpu || small=(--quick --threads 1)
+# The README's figures: 4 gateway workers (8 did worse on a 16-core H100 node,
+# bench/results/gateway-rounds-h100-workers.txt), 8 load generator processes, 15 s of warm load.
+serving=(); gpu && serving=(--gateway-workers 4 --procs 8 --gateway-warmup 15)
 model=(); [ -n "${KILN_EMBED_MODEL_DEFAULT:-}" ] && model=(--model "$KILN_EMBED_MODEL_DEFAULT")
 what=${1:-}; shift || true
 case "$what" in
@@ -64,14 +67,14 @@ serve_peers.reflection_stand_in(); import ray.serve; print("ray serve", ray.__ve
   chees) $py bench/chees_metric.py --chains 4096 --repeats 3 --peer-chains 4,4096 --variants identity,ensemble+floor --out "$out/chees-metric-$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -oiE 'h100|h200|a100' | tr A-Z a-z || echo gpu).json" "$@" ;;
   sampling) $py bench/sampling.py --chains 4,1024,4096 --repeats 3 --skip pymc \
               --out "$out/sampling-h200.json" "$@" ;;
-  embed) $py bench/embed.py "${model[@]}" "${small[@]}" --profile-dir /tmp/kiln-prof \
-           --out-dir "$out" "$@" ;;
-  embed-kiln) $py bench/embed.py "${model[@]}" "${small[@]}" --profile-dir /tmp/kiln-prof \
-                --no-peers --out-dir "$out" "$@" ;;
+  embed) $py bench/embed.py "${model[@]}" "${small[@]}" "${serving[@]}" \
+           --profile-dir /tmp/kiln-prof --out-dir "$out" "$@" ;;
+  embed-kiln) $py bench/embed.py "${model[@]}" "${small[@]}" "${serving[@]}" \
+                --profile-dir /tmp/kiln-prof --no-peers --out-dir "$out" "$@" ;;
   peers)
     tag=$($py -c 'import sys; sys.path.insert(0, "bench"); import serve_peers; print(serve_peers.device_tag())')
     quick=(); gpu || quick=(--quick)
-    if gpu; then procs=(--procs 4); else procs=(); export OMP_NUM_THREADS=1; fi
+    if gpu; then procs=(--procs 8); else procs=(); export OMP_NUM_THREADS=1; fi
     $py bench/serve_peers.py "${model[@]}" "${quick[@]}" "${procs[@]}" \
       --out "$out/serve-peers-$tag.json" "$@" ;;
   rounds) $py bench/gateway_rounds.py "$@" ;;
