@@ -214,6 +214,22 @@ def summarise(load: Load, outs: list[dict[str, Any]], start: float) -> dict[str,
             "cache_hits": load.fixed is not None, **stages(timed)}
 
 
+def durations(header: str) -> dict[str, float]:
+    """A ``Server-Timing`` header's ``name;dur=ms`` entries (others, and other parameters, are
+    skipped: a server may send ``cache;desc="hit"``)."""
+    out = {}
+    for entry in header.split(","):
+        name, *params = (p.strip() for p in entry.split(";"))
+        for param in params:
+            key, _, value = param.partition("=")
+            if key == "dur":
+                try:
+                    out[name] = float(value)
+                except ValueError:
+                    pass
+    return out
+
+
 def stages(timed: list[tuple[float, float, str]]) -> dict[str, Any]:
     """Where the requests' time went, from the server's ``Server-Timing`` header (kiln's
     gateway sends one): p50 and p99 of each stage, and of "outside", the client's latency less
@@ -222,11 +238,11 @@ def stages(timed: list[tuple[float, float, str]]) -> dict[str, Any]:
     for _, latency, header in timed:
         if not header:
             continue
-        parts = dict(p.strip().split(";dur=") for p in header.split(","))
+        parts = durations(header)
         for name, ms in parts.items():
-            by.setdefault(name, []).append(float(ms))
+            by.setdefault(name, []).append(ms)
         if "total" in parts:
-            by.setdefault("outside", []).append(latency * 1000 - float(parts["total"]))
+            by.setdefault("outside", []).append(latency * 1000 - parts["total"])
     if not by:
         return {}
     out = {}

@@ -447,6 +447,8 @@ def main() -> None:
     model_path = str(Path(args.model).resolve()) if args.model else resolve("default").path
     sizes = Sizes(**(QUICK if args.quick else {}), procs=args.procs)
     if args.sweep:
+        if args.sweep.count("/") != 2:
+            p.error(f"--sweep {args.sweep!r}: MODES/SIZES/WAITS, e.g. optimized/128,256/0.005,0.02")
         modes, batch, waits = args.sweep.split("/")
         sizes.rayserve_modes = tuple(modes.split(","))
         sizes.batch_sizes = tuple(int(b) for b in batch.split(","))

@@ -104,7 +104,7 @@ async def run(s: Served, endpoint: str, texts: list[str], model: str,
 
 def server_timing(out: Outcome) -> bytes:
     """The W3C ``Server-Timing`` header of an answer: the milliseconds of each stage (queue,
-    cluster, agent; total: the gateway's whole time). A client can tell its own and the
+    cluster, agent; total: the gateway's, from admission to outcome). A client can tell its own and the
     network's share from the gateway's, and the gateway's from the agent's; browsers' devtools
     show it."""
     return ", ".join(f"{k};dur={v * 1000:.3f}" for k, v in (out.stages or {}).items()).encode()
